@@ -1,0 +1,76 @@
+"""The ``fleetchat`` command: one subcommand per module under :mod:`fleetchat.cli`.
+
+Each subcommand module defines ``HELP`` (one line), ``configure(parser)`` (adds its flags; imports
+nothing heavy) and ``run(args) -> int``. A :class:`~fleetchat.errors.FleetchatError` escaping ``run``
+is printed as one readable line (no traceback) and exits 1; ``--traceback`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from fleetchat import __version__
+from fleetchat.errors import FleetchatError
+
+COMMANDS: dict[str, str] = {
+    "serve": "fleetchat.cli.serve",
+    "chat": "fleetchat.cli.chat",
+    "controller": "fleetchat.cli.controller",
+    "worker": "fleetchat.cli.worker",
+    "api": "fleetchat.cli.api",
+    "web": "fleetchat.cli.web",
+    "status": "fleetchat.cli.status",
+    "test-message": "fleetchat.cli.test_message",
+    "bench": "fleetchat.cli.bench",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleetchat",
+        description="Serve chat LLMs: controller, model workers, OpenAI-compatible API, web UI.",
+    )
+    parser.add_argument("--version", action="version", version=f"fleetchat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # subcommand not built yet
+            raise
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+        p.add_argument("--traceback", action="store_true", help="show tracebacks of errors")
+        module.configure(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args._run(args) or 0)
+    except FleetchatError as exc:
+        if args.traceback:
+            raise
+        print(f"fleetchat {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
