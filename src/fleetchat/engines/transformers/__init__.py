@@ -1,0 +1,34 @@
+"""The default engine: Hugging Face transformers models with continuous batching.
+
+    loader.py        resolve + load (GGUF dequantized once into a cached HF folder), dtype/device/int8
+    quantization.py  int8 weight-only linear layers for --load-8bit
+    sequence.py      one request's state
+    scheduler.py     the pure batch policy (admit, decode, chunked prefill)
+    kv_cache.py      preallocated per-slot KV cache, compact slots
+    runner.py        one step's forward: fast Llama path, generic HF fallback
+    sampler.py       batched sampling with per-request params and seeds
+    engine.py        the engine thread and the async Engine interface
+    benchmark.py     in-process throughput / latency benchmark
+
+Importing this package is cheap; torch and transformers load when an engine is built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fleetchat.engines.base import EngineSettings
+
+if TYPE_CHECKING:
+    from fleetchat.engines.transformers.engine import TransformersEngine
+
+
+def load_transformers_engine(settings: EngineSettings) -> TransformersEngine:
+    """Load the model named by ``settings`` and start its engine thread (blocking; seconds)."""
+    from fleetchat.engines.transformers.engine import TransformersEngine
+    from fleetchat.engines.transformers.loader import load_model
+
+    return TransformersEngine(load_model(settings), settings)
+
+
+__all__ = ["load_transformers_engine"]
