@@ -3,8 +3,9 @@
 Each component declares one frozen dataclass whose fields are made with :func:`option` (help text,
 flag spelling, choices). :func:`add_arguments` turns it into argparse flags and
 :func:`from_args` back into the frozen object, so flags, env vars and defaults live in one place.
-Precedence: command-line flag, then ``FLEETCHAT_<FIELD>`` in the environment, then the default. A bad
-value fails at start-up with a message naming the flag.
+Precedence: command-line flag, then ``FLEETCHAT_<PREFIX><FIELD>`` in the environment, then the default,
+where ``<PREFIX>`` is the class's ``env_prefix`` (e.g. ``WEB_`` so that ``FLEETCHAT_WEB_PORT`` moves only
+the web UI). A bad value fails at start-up with a message naming the flag or variable.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def _flag(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
-def env_name(field_name: str) -> str:
-    return "FLEETCHAT_" + field_name.upper()
+def env_name(field_name: str, cls: type | None = None) -> str:
+    prefix = getattr(cls, "env_prefix", "") if cls is not None else ""
+    return "FLEETCHAT_" + prefix.upper() + field_name.upper()
 
 
 def _base_type(tp: Any) -> Any:
@@ -96,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
         help_text = field.metadata["help"]
         if default not in (None, (), "", False):
             help_text += f" (default: {default if not isinstance(default, tuple) else ','.join(map(str, default))})"
-        help_text += f" [env {env_name(field.name)}]"
+        help_text += f" [env {env_name(field.name, cls)}]"
         names = [_flag(field), *field.metadata.get("aliases", ())]
         kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_text}
         if base is bool:
@@ -127,8 +129,8 @@ def from_args(cls: type[T], args: argparse.Namespace | None = None, **overrides:
         source, raw = None, _MISSING
         if field.name in ns:
             source, raw = _flag(field), ns[field.name]
-        elif env_name(field.name) in os.environ:
-            source, raw = env_name(field.name), os.environ[env_name(field.name)]
+        elif env_name(field.name, cls) in os.environ:
+            source, raw = env_name(field.name, cls), os.environ[env_name(field.name, cls)]
         if raw is _MISSING:
             continue
         try:

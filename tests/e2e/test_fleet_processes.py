@@ -13,6 +13,8 @@ import httpx
 import pytest
 from fleet_procs import Fleet, free_port, wait_http, wait_until
 
+from fleetchat.protocol.fastchat import parse_frames
+
 pytestmark = pytest.mark.slow
 
 FAKE = ("--engine", "fake", "--model-path", "fake-model")
@@ -154,3 +156,82 @@ def test_worker_starts_before_the_controller(fleet):
     assert "cannot reach the controller" in w.log()
     fleet.controller(ctl)
     wait_until(lambda: len(workers(ctl)) == 1, 10, what="late registration")
+
+
+def test_real_smollm2_worker_streams_through_the_fleet(fleet):
+    """The embedded SmolLM2 on the transformers engine, as a real worker process of a real controller."""
+    pytest.importorskip("fleetchat.engines.transformers")
+    ctl, wp = free_port(), free_port()
+    fleet.controller(ctl)
+    w = fleet.worker(wp, ctl, "--model-path", "smollm2", *FAST)
+
+    def listed() -> bool:
+        assert w.popen.poll() is None, w.log()
+        return httpx.post(f"http://127.0.0.1:{ctl}/list_models").json()["models"] == ["smollm2-135m-instruct"]
+
+    wait_until(listed, 180, interval=0.3, what="smollm2 worker registered")
+    address = httpx.post(
+        f"http://127.0.0.1:{ctl}/get_worker_address", json={"model": "smollm2-135m-instruct"}
+    ).json()["address"]
+    assert address == f"http://127.0.0.1:{wp}"
+    prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    params = {"model": "smollm2-135m-instruct", "prompt": prompt, "temperature": 0, "max_new_tokens": 12, "echo": False}
+    with httpx.stream("POST", address + "/worker_generate_stream", json=params, timeout=120) as r:
+        items, buffer = [], b""
+        for part in r.iter_bytes():
+            new, buffer = parse_frames(buffer + part)
+            items.extend(new)
+    assert buffer == b"" and len(items) >= 2 and all(i["error_code"] == 0 for i in items)
+    assert all(b["text"].startswith(a["text"]) for a, b in zip(items, items[1:], strict=False))  # full text so far
+    last = items[-1]
+    assert last["finish_reason"] in ("stop", "length") and "Paris" in last["text"]
+    assert last["usage"]["prompt_tokens"] > 10 and 0 < last["usage"]["completion_tokens"] <= 12
+    # the typed endpoint renders the chat template next to the tokenizer
+    r = httpx.post(
+        address + "/v1/generate",
+        json={"messages": [{"role": "user", "content": "What is the capital of France?"}],
+              "params": {"temperature": 0, "max_new_tokens": 12}},
+        timeout=120,
+    )
+    chunks = [json.loads(line) for line in r.text.splitlines()]
+    assert r.status_code == 200 and chunks[-1]["finish_reason"] in ("stop", "length")
+    assert "Paris" in "".join(c["text"] for c in chunks)
+    conv = httpx.post(address + "/worker_get_conv_template", json={}).json()["conv"]
+    assert "<|im_end|>" in (conv["stop_str"] or [])
+    # the worker's loop stays free while the model generates: status answers at once
+    import threading
+
+    done = threading.Event()
+
+    def long_generation() -> None:
+        httpx.post(address + "/worker_generate", json={**params, "max_new_tokens": 96, "stop": []}, timeout=120)
+        done.set()
+
+    threading.Thread(target=long_generation, daemon=True).start()
+    latencies = []
+    while not done.is_set():
+        t0 = time.perf_counter()
+        st = httpx.post(address + "/worker_get_status", timeout=5).json()
+        latencies.append((time.perf_counter() - t0, st["queue_length"]))
+        time.sleep(0.05)
+    busy = [lat for lat, q in latencies if q == 1]
+    assert busy and max(busy) < 0.5, latencies
+
+
+def test_embedding_worker_process(fleet):
+    ctl, wp = free_port(), free_port()
+    fleet.controller(ctl)
+    w = fleet.worker(wp, ctl, "--model-path", "all-minilm-l6-v2", *FAST)
+
+    def listed() -> bool:
+        assert w.popen.poll() is None, w.log()
+        return httpx.post(f"http://127.0.0.1:{ctl}/list_models").json()["models"] == ["all-minilm-l6-v2"]
+
+    wait_until(listed, 120, interval=0.3, what="embedding worker registered")
+    address = httpx.post(f"http://127.0.0.1:{ctl}/get_worker_address", json={"model": "all-minilm-l6-v2"}).json()["address"]
+    ours = httpx.post(address + "/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": ["hello", "world"]}).json()
+    fc = httpx.post(address + "/worker_get_embeddings", json={"model": "all-minilm-l6-v2", "input": ["hello"]}).json()
+    assert len(ours["embeddings"]) == 2 and len(ours["embeddings"][0]) == 384
+    assert fc["embedding"][0] == pytest.approx(ours["embeddings"][0], abs=1e-5) and fc["token_num"] == 3
+    models = httpx.get(address + "/v1/models").json()["models"]
+    assert models[0]["kind"] == "embedding" and models[0]["context_length"] == 256

@@ -279,10 +279,12 @@ def test_chat_arena_vote_leaderboard(served, page, tmp_path):
         again.stop()
 
 
-def test_api_down_is_said_in_the_page(page, tmp_path):
-    dead = f"http://127.0.0.1:{free_port()}/v1"
-    ui = WebUI(dead, tmp_path / "webui.db", tmp_path / "web.log")
+def test_api_down_then_models_appear_without_restart(page, tmp_path):
+    """API down: said in the page. Then a fleet starts at that address: its models show up live."""
+    api_port = free_port()
+    ui = WebUI(f"http://127.0.0.1:{api_port}/v1", tmp_path / "webui.db", tmp_path / "web.log")
     ui.start()
+    fleet = None
     try:
         page.goto(ui.url)
         page.locator("#api-status :text('API unavailable')").wait_for()
@@ -292,6 +294,31 @@ def test_api_down_is_said_in_the_page(page, tmp_path):
         page.fill("#battle-input textarea", "hello?")
         page.press("#battle-input textarea", "Enter")
         page.locator(".toast-body:has-text('cannot reach the API')").first.wait_for()
+        page.wait_for_timeout(700)  # let the toast finish sliding in before the screenshot
         shot(page, "api_down")
+
+        # A fleet (fake engine: this is about the UI, not the model) starts where the UI looks.
+        names = ["fake-a", "fake-b"]
+        fleet = start(
+            [sys.executable, "-m", "fleetchat.cli.main", "serve", "--engine", "fake",
+             *(a for n in names for a in ("--model-path", f"fake-model={n}")),
+             "--controller-port", str(free_port()), "--worker-port", str(free_ports(2)),
+             "--api-port", str(api_port), "--no-web", "--log-dir", str(tmp_path / "logs")],
+            tmp_path / "serve.log", f"http://127.0.0.1:{api_port}/v1/models", timeout=120,
+        )
+        page.locator("#api-status :text('serving 2')").wait_for()  # same page, no reload
+        page.locator("#battle-notice").wait_for(state="hidden")
+        page.fill("#battle-input textarea", "hello again")
+        page.press("#battle-input textarea", "Enter")
+        page.wait_for_selector("#battle-tievote:not([disabled])")
+        page.click("#battle-tievote")
+        page.locator("#battle-reveal :text('Model A:')").wait_for()
+        revealed = re.findall(r"Model [AB]: (\S+)", page.locator("#battle-reveal").inner_text())
+        assert sorted(revealed) == names
+
+        stop(fleet)
+        page.locator("#api-status :text('API unavailable')").wait_for()  # and gone again
     finally:
+        if fleet:
+            stop(fleet)
         ui.stop()

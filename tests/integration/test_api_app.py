@@ -469,3 +469,40 @@ async def test_controller_client_matches_the_router_contract(fleet: dict) -> Non
     async with ControllerClient(fleet["controller"]) as c:
         workers = await c.workers()
     assert any("tiny" in w["models"] and w["address"].startswith("http://") for w in workers)
+
+
+async def test_overloaded_worker_is_429(fleet: dict) -> None:
+    f: Fleet = fleet["fleet"]
+    slow = ScriptedEngine("busy")
+    slow.delay = 0.05
+    worker = await f.add(create_worker({"busy": slow}, WorkerSettings(
+        no_register=True, limit_worker_concurrency=1, max_queue=0)))
+    async with httpx.AsyncClient() as c:
+        await c.post(fleet["controller"] + "/register_worker", json={
+            "worker_name": worker.url, "check_heart_beat": False,
+            "worker_status": {"model_names": ["busy"], "speed": 1, "queue_length": 0}})
+    client = fleet["client"]
+    async with client.stream("POST", "/v1/chat/completions", json={
+            "model": "busy", "messages": _msgs(), "max_tokens": 40, "stream": True}) as held:
+        assert held.status_code == 200
+        r = await client.post("/v1/chat/completions", json={"model": "busy", "messages": _msgs()})
+        assert r.status_code == 429
+        assert r.json()["error"]["type"] == "rate_limit_error"
+
+
+async def test_controller_down_is_503() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens here once the socket is closed
+    api = await Served(create_api(ApiSettings(controller_address=f"http://127.0.0.1:{dead}"))).start()
+    try:
+        async with httpx.AsyncClient(base_url=api.url) as c:
+            r = await c.post("/v1/chat/completions", json={"model": "tiny", "messages": _msgs()})
+            assert r.status_code == 503
+            assert "cannot reach the controller" in r.json()["error"]["message"]
+            assert (await c.get("/health")).status_code == 503
+            assert (await c.get("/v1/models")).status_code == 503
+    finally:
+        await api.stop()

@@ -60,7 +60,7 @@ def test_sqlite_home_path_expanded(tmp_path, monkeypatch):
     url = normalize_db_url("sqlite:///~/.local/share/fleetchat/webui.db")
     assert url == f"sqlite:///{tmp_path}/.local/share/fleetchat/webui.db"
     assert (tmp_path / ".local/share/fleetchat").is_dir()
-    assert normalize_db_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert normalize_db_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
 
 
 def test_unopenable_database_is_a_clear_error():

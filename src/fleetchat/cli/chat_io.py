@@ -116,7 +116,9 @@ class SimpleIO:
 
     async def read(self) -> str | None:
         try:
-            text = await self._session.prompt_async(f"{self.roles[0]}: ")
+            # Ctrl-C at the prompt arrives as a key (raw mode) and raises KeyboardInterrupt; prompt_toolkit
+            # must not install (and then remove) a SIGINT handler of its own over the session's.
+            text = await self._session.prompt_async(f"{self.roles[0]}: ", handle_sigint=False)
         except EOFError:
             return None
         return text
@@ -171,15 +173,15 @@ class RichIO(SimpleIO):
             self._live.stop()
             self._live = None
         if interrupted:
-            self.console.print("[dim][stopped][/dim]")
+            self.console.print("[stopped]", style="dim", markup=False)
         self.console.print()
 
     def info(self, message: str) -> None:
-        self.console.print(f"[dim]{message}[/dim]", highlight=False, markup=False)
+        self.console.print(message, style="dim", highlight=False, markup=False)
 
     def debug(self, lines: list[str]) -> None:
         for line in lines:
-            self.console.print(line, style="dim", highlight=False, markup=False)
+            self.console.print(line, style="dim", highlight=False, markup=False, soft_wrap=True)
 
 
 def make_io(style: str, multiline: bool) -> ChatIO:

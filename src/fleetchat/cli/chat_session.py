@@ -60,8 +60,9 @@ class ChatSession:
 
     async def run(self) -> int:
         """Read turns until ``!!exit`` or end of input. Returns the exit status."""
-        with _SigintToCancel(self):
+        with _SigintToCancel(self) as sigint:
             while True:
+                sigint.install()  # again each turn: a line editor may have replaced it
                 try:
                     text = await self.io.read()
                 except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh prompt, not the end
@@ -280,19 +281,19 @@ class _SigintToCancel:
         self.installed = False
 
     def __enter__(self) -> _SigintToCancel:
-        loop = asyncio.get_running_loop()
-        main = asyncio.current_task()
+        self.main = asyncio.current_task()
+        return self
 
+    def install(self) -> None:
         def on_sigint() -> None:
-            if not self.session.interrupt() and main is not None:
-                main.cancel()
+            if not self.session.interrupt() and self.main is not None:
+                self.main.cancel()
 
         try:
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_sigint)
             self.installed = True
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / no signals here
             pass
-        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.installed:

@@ -28,7 +28,20 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_command(sub: argparse._SubParsersAction, name: str, module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+    p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    p.add_argument("--traceback", action="store_true", help="show tracebacks of errors")
+    module.configure(p)
+    p.set_defaults(_run=module.run)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only`` set, just that subcommand's module is imported.
+
+    Importing one subcommand at a time means a broken or slow module never takes the others down.
+    """
     parser = argparse.ArgumentParser(
         prog="fleetchat",
         description="Serve chat LLMs: controller, model workers, OpenAI-compatible API, web UI.",
@@ -36,22 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fleetchat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # subcommand not built yet
-            raise
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
-        p.add_argument("--traceback", action="store_true", help="show tracebacks of errors")
-        module.configure(p)
-        p.set_defaults(_run=module.run)
+            _add_command(sub, name, module_name)
+        except Exception as exc:  # listing every command must survive one broken module
+            if only is not None:
+                raise
+            sub.add_parser(name, help=f"(unavailable: {type(exc).__name__}: {exc})")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen if chosen in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

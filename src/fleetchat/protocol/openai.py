@@ -244,15 +244,22 @@ class EmbeddingRequest(_Request):
 # --------------------------------------------------------------------------- validation
 
 
+_TYPE_LABELS = {"str", "int", "float", "bool", "none", "dict", "list"}
+
+
+def _is_type_label(part: str) -> bool:
+    # pydantic adds the union branch it tried to the location ("str", "list[ContentPart]",
+    # "function-after[_check(), ChatMessageIn]"): meaningless to a client
+    return part in _TYPE_LABELS or "[" in part or part.startswith(("function-", "is-instance"))
+
+
 def _param_name(loc: tuple[Any, ...]) -> str:
+    """pydantic's error location as OpenAI names params: ``messages[0].role``."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "list[str]", "list[int]", "list[list[int]]", "list[ContentPart]",
-                      "function-after[_check(), ChatMessageIn]", "int", "float") or "[" in str(part):
-            continue  # pydantic's union-branch labels say nothing to a client
-        else:
+        elif not _is_type_label(str(part)):
             out += ("." if out else "") + str(part)
     return out or "body"
 

@@ -7,20 +7,15 @@ restart; a status line says when the API cannot be reached.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-# Before gradio is imported: no usage analytics or version checks phoning home (the UI works offline).
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("GRADIO_TELEMETRY_ENABLED", "False")
+import gradio as gr
 
-import gradio as gr  # noqa: E402
-
-from fleetchat.errors import FleetchatError  # noqa: E402
-from fleetchat.webui.arena import build_arena_tab  # noqa: E402
-from fleetchat.webui.chat import build_chat_tab  # noqa: E402
-from fleetchat.webui.context import UiContext  # noqa: E402
-from fleetchat.webui.leaderboard import build_leaderboard_tab  # noqa: E402
+from fleetchat.errors import FleetchatError
+from fleetchat.webui.arena import build_arena_tab
+from fleetchat.webui.chat import build_chat_tab
+from fleetchat.webui.context import UiContext
+from fleetchat.webui.leaderboard import build_leaderboard_tab
 
 CSS = """
 #api-status p { margin: 0; }

@@ -39,7 +39,7 @@ def explain(exc: BaseException, base_url: str) -> FleetchatError:
     if isinstance(exc, openai.APITimeoutError):
         return WorkerError(f"the API at {base_url} did not answer in time")
     if isinstance(exc, openai.APIConnectionError):
-        return WorkerError(f"cannot reach the API at {base_url} — is `fleetchat serve` (or `fleetchat api`) running?")
+        return WorkerError(f"cannot reach the API at {base_url}: is fleetchat serve (or fleetchat api) running?")
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else None
         if body is not None and "error" not in body and "message" in body:

@@ -12,6 +12,7 @@ the same: ``upvote``/``downvote``/``flag`` for one model, ``leftvote``/``rightvo
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from dataclasses import dataclass
@@ -79,13 +80,23 @@ class Vote:
 
 
 def normalize_db_url(url: str) -> str:
-    """Expand ``~`` and env vars in a SQLite path and create its folder; other URLs pass unchanged."""
+    """Expand ``~`` and env vars in a SQLite path and create its folder.
+
+    A bare ``postgresql://`` means psycopg2 to SQLAlchemy; when only psycopg 3 is installed it is used.
+    Other URLs pass unchanged.
+    """
     parsed = make_url(url)
+    if parsed.drivername == "postgresql" and _has_module("psycopg") and not _has_module("psycopg2"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return url
     path = Path(os.path.expandvars(os.path.expanduser(parsed.database)))
     path.parent.mkdir(parents=True, exist_ok=True)
     return parsed.set(database=str(path)).render_as_string(hide_password=False)
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
 
 
 class Store:
@@ -99,7 +110,8 @@ class Store:
         except (
             sa.exc.ArgumentError, sa.exc.NoSuchModuleError, sa.exc.OperationalError, OSError, ImportError,
         ) as exc:
-            raise InvalidParameterError(f"cannot open database {db_url!r}: {exc}", param="db_url") from exc
+            shown = make_url(db_url).render_as_string(hide_password=True) if "://" in db_url else db_url
+            raise InvalidParameterError(f"cannot open database {shown!r}: {exc}", param="db_url") from exc
 
     def close(self) -> None:
         self.engine.dispose()

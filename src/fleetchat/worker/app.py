@@ -413,12 +413,14 @@ async def _json_or_empty(request: Request) -> dict[str, Any]:
 
 def _conv_template_dict(engine: Any) -> dict[str, Any]:
     """FastChat Conversation JSON of the engine's chat template (via :mod:`fleetchat.conversation`)."""
-    template = getattr(engine, "chat_template", None)
-    if template is None or not hasattr(template, "to_fastchat_dict"):
-        from fleetchat.conversation import get_chat_template
+    for attr in ("chat_template", "template"):
+        template = getattr(engine, attr, None)
+        if template is not None and hasattr(template, "to_fastchat_dict"):
+            return template.to_fastchat_dict()
+    from fleetchat.conversation import get_chat_template
 
-        template = get_chat_template(
-            tokenizer=getattr(engine, "tokenizer", None),
-            name=engine.info.conv_template,
-        )
-    return template.to_fastchat_dict()
+    name = engine.info.conv_template
+    tokenizer = getattr(engine, "tokenizer", None)
+    if tokenizer is not None and name == "tokenizer-chat-template":
+        name = None  # the tokenizer's own jinja template, not a named one
+    return get_chat_template(tokenizer=tokenizer, name=name).to_fastchat_dict()
