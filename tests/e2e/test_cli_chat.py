@@ -1,8 +1,8 @@
 """``fleetchat chat`` end to end: the real CLI in a subprocess on the real embedded SmolLM2 model.
 
 Each test is one process (one model load); stdin is a pipe, so each line is one user turn and each
-reply is printed followed by a blank line. Greedy decoding (temperature 0) keeps the 135M model's
-answers reproducible.
+reply is printed followed by a blank line. Greedy decoding (the scripted default, or --temperature 0)
+keeps the 135M model's answers reproducible.
 
 The follow-up that needs the previous turn is "Repeat your previous answer.": with the history the
 model repeats "The capital of France is Paris."; after ``!!reset`` the same question has nothing to
@@ -33,7 +33,12 @@ def run_chat(lines: list[str], *flags: str, timeout: float = 420) -> subprocess.
 
 
 def replies_of(stdout: str) -> list[str]:
-    return [r.strip() for r in stdout.split("\n\n") if r.strip()]
+    """The replies exactly, from ``--debug``'s JSON ``outputs`` lines (a reply may hold blank lines)."""
+    return [json.loads(line.split(": ", 1)[1]) for line in stdout.splitlines() if line.startswith("[debug] outputs: ")]
+
+
+def prompts_of(stdout: str) -> list[str]:
+    return [json.loads(line.split(": ", 1)[1]) for line in stdout.splitlines() if line.startswith("[debug] prompt: ")]
 
 
 @pytest.mark.slow
@@ -49,17 +54,21 @@ def test_scripted_chat_uses_history_and_commands(tmp_path) -> None:
             f"!!load {saved}",
             FOLLOW_UP,
         ],
-        "--model-path", "smollm2", "--temperature", "0", "--max-new-tokens", "24",
+        # no --temperature: scripted chats decode greedily by default (the README's command)
+        "--model-path", "smollm2", "--max-new-tokens", "24", "--debug",
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    replies = replies_of(proc.stdout)
-    assert len(replies) == 4, proc.stdout
-    first, follow_up, after_reset, after_load = replies
+    replies, prompts = replies_of(proc.stdout), prompts_of(proc.stdout)
+    assert len(replies) == 4 and len(prompts) == 4, proc.stdout
+    first, follow_up, after_reset, _ = replies
+    assert proc.stdout.startswith(first + "\n\n[debug]")  # each reply, then a blank line
     assert "Paris" in first
-    assert "Paris" in follow_up  # answered from the previous turn
-    assert "Paris" not in after_reset  # the same words without the history: nothing to repeat
-    assert "Paris" in after_load  # !!load brought the conversation back
+    assert "Paris" in follow_up  # answered from the previous turn ...
+    assert "Paris" not in after_reset  # ... the same words without the history have nothing to repeat
+    assert QUESTION in prompts[1] and first in prompts[1]
+    assert QUESTION not in prompts[2]  # !!reset cleared the history
+    assert prompts[3] == prompts[1]  # !!load brought the saved conversation back exactly
     # status lines go to stderr, never into the transcript
     assert "conversation reset" in proc.stderr and "loaded 4 messages" in proc.stderr
     assert "loading" not in proc.stdout and "conversation reset" not in proc.stdout
@@ -67,6 +76,7 @@ def test_scripted_chat_uses_history_and_commands(tmp_path) -> None:
     data = json.loads(saved.read_text())
     assert [m["role"] for m in data["messages"]] == ["user", "assistant", "user", "assistant"]
     assert data["messages"][0]["content"] == QUESTION and data["messages"][1]["content"] == first
+    assert data["messages"][3]["content"] == follow_up
 
 
 @pytest.mark.slow

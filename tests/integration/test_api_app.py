@@ -506,3 +506,26 @@ async def test_controller_down_is_503() -> None:
             assert (await c.get("/v1/models")).status_code == 503
     finally:
         await api.stop()
+
+
+async def test_disconnect_before_the_first_token_aborts_too(fleet: dict) -> None:
+    """The API gives up on a request whose client left while it waited for the first token.
+
+    (The worker notices the closed connection when it has a chunk to send, so the engine request is
+    aborted at the first token, long before the 5 x 1 s it would run to completion.)
+    """
+    engine = fleet["engine"]
+    engine.delay = 1.0  # a long wait for each token (a queue, a long prefill)
+    try:
+        with contextlib.suppress(httpx.ReadTimeout):
+            async with fleet["client"].stream("POST", "/v1/chat/completions", timeout=0.3, json={
+                    "model": "tiny", "messages": _msgs(), "max_tokens": 5, "stream": True}) as r:
+                await r.aread()
+        request_id = engine.started[-1]
+        for _ in range(100):
+            if request_id in engine.aborted:
+                break
+            await asyncio.sleep(0.03)
+        assert request_id in engine.aborted
+    finally:
+        engine.delay = 0.0

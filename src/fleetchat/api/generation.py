@@ -150,9 +150,8 @@ async def run(job: _Job, router: WorkerRouter, metrics: Metrics, request: Reques
     timer = RequestTimer(metrics, job.shape.endpoint, job.model)
     chunks = merge([router.generate(r) for r in job.requests])
     try:
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        first = None
+        # the wait for the first token may be long (queued behind others): give up if the client does
+        first = await until_disconnected(request, anext(chunks, None))
     except BaseException as exc:
         await chunks.aclose()
         timer.done(as_fleetchat_error(exc).status if isinstance(exc, Exception) else 499)
@@ -176,25 +175,30 @@ async def run(job: _Job, router: WorkerRouter, metrics: Metrics, request: Reques
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-async def _collect(job: _Job, chunks: AsyncIterator[tuple[int, dict[str, Any]]],
-                   first: tuple[int, dict[str, Any]] | None) -> list[Collected]:
+async def _collect(job: _Job, chunks: AsyncIterator[tuple[int, list[dict[str, Any]]]],
+                   first: tuple[int, list[dict[str, Any]]] | None) -> list[Collected]:
     got = [Collected() for _ in job.requests]
     if first is not None:
-        got[first[0]].add(first[1])
-        async for index, chunk in chunks:
-            got[index].add(chunk)
+        for chunk in first[1]:
+            got[first[0]].add(chunk)
+        async for index, batch in chunks:
+            for chunk in batch:
+                got[index].add(chunk)
     return got
 
 
-async def _events(job: _Job, chunks: AsyncIterator[tuple[int, dict[str, Any]]],
-                  first: tuple[int, dict[str, Any]] | None, timer: RequestTimer) -> AsyncIterator[bytes]:
+async def _events(job: _Job, chunks: AsyncIterator[tuple[int, list[dict[str, Any]]]],
+                  first: tuple[int, list[dict[str, Any]]] | None, timer: RequestTimer) -> AsyncIterator[bytes]:
     shape, id, created, model, with_usage = job.shape, job.id, job.created, job.model, job.include_usage
     prompt: dict[int, int] = {}
     completion: dict[int, int] = {}
     offsets = [len(p) for p in job.prefixes]
     status = 499  # until the stream ends one way or the other: the client went away
 
-    def render(index: int, chunk: dict[str, Any]) -> bytes:
+    def render(index: int, batch: list[dict[str, Any]]) -> bytes:
+        return b"".join([render_one(index, chunk) for chunk in batch])
+
+    def render_one(index: int, chunk: dict[str, Any]) -> bytes:
         out = b""
         text = chunk.get("text") or ""
         logprobs = chunk.get("logprobs")
@@ -222,15 +226,16 @@ async def _events(job: _Job, chunks: AsyncIterator[tuple[int, dict[str, Any]]],
         if first is not None:
             opening += render(*first)
         yield opening
-        async for index, chunk in chunks:
-            out = render(index, chunk)
+        async for index, batch in chunks:
+            out = render(index, batch)
             if out:
                 yield out
+        end = SSE_DONE
         if with_usage:
             p, c = _usage(job, prompt, completion)
-            yield sse_event(shape.chunk(id, created, model, [], oa.usage(p, c), True))
+            end = sse_event(shape.chunk(id, created, model, [], oa.usage(p, c), True)) + SSE_DONE
         status = 200
-        yield SSE_DONE
+        yield end
     except Exception as exc:  # an error after the stream began: an event, then [DONE]
         status = as_fleetchat_error(exc).status
         yield stream_error_events(exc)

@@ -6,7 +6,7 @@ FastChat, issue #2256) and the controller client.
 
 A generation goes to ``POST {worker}/v1/generate`` and comes back as ndjson
 :class:`~fleetchat.protocol.generation.GenerationChunk` lines, parsed with orjson into plain dicts
-(no pydantic per token). If the chosen worker fails before its first chunk (connection refused, a
+(no pydantic per token) and handed on in lists, one list per network read. If the chosen worker fails before its first chunk (connection refused, a
 5xx, overloaded, or the model is no longer there), the router asks the controller for another worker
 of the same model, excluding those that failed, up to ``retries`` more times. After the first chunk an
 error is raised to the caller, which turns it into an SSE error event. Closing the iterator closes
@@ -126,8 +126,13 @@ class WorkerRouter:
 
     # ------------------------------------------------------------------ generation
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[dict[str, Any]]:
-        """Stream GenerationChunk dicts for ``request`` from some worker serving ``request.model``."""
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[list[dict[str, Any]]]:
+        """Stream GenerationChunk dicts for ``request`` from some worker serving ``request.model``.
+
+        Chunks come in lists, one per network read: when the reader falls behind, several chunks
+        travel on as one SSE write instead of one write each, so the proxy's cost per token falls as
+        load rises.
+        """
         model = request.model or ""
         body = request.model_dump_json(exclude_defaults=False).encode()
         failed: list[str] = []
@@ -150,20 +155,26 @@ class WorkerRouter:
                         if b"\n" not in buffer:
                             continue
                         *lines, buffer = buffer.split(b"\n")
+                        batch = []
                         for line in lines:
                             if not line.strip():
                                 continue
                             chunk = orjson.loads(line)
                             if "error" in chunk:
+                                if batch:
+                                    started = True
+                                    yield batch
                                 raise error_from_body(500, chunk)
+                            batch.append(chunk)
+                        if batch:
                             started = True
-                            yield chunk
+                            yield batch
                     if buffer.strip():
                         chunk = orjson.loads(buffer)
                         if "error" in chunk:
                             raise error_from_body(500, chunk)
                         started = True
-                        yield chunk
+                        yield [chunk]
                 return
             except httpx.TransportError as exc:
                 err: FleetchatError = WorkerError(

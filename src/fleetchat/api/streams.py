@@ -1,7 +1,7 @@
 """Plumbing shared by the chat and text completion endpoints: fan-in of n choices, collection of a
 whole answer, the SSE response that always closes its generator, and cancellation on disconnect.
 
-A choice is one worker stream of GenerationChunk dicts. ``n > 1`` runs its choices concurrently and
+A choice is one worker stream of GenerationChunk dicts, in lists (one per network read). ``n > 1`` runs its choices concurrently and
 :func:`merge` interleaves their chunks tagged with the choice index. Closing any of these iterators
 (the client went away) closes the worker streams under it, which makes the workers abort.
 """
@@ -21,11 +21,12 @@ from fleetchat.protocol.sse import SSE_HEADERS, SSE_MEDIA_TYPE
 
 T = TypeVar("T")
 Chunk = dict[str, Any]
+Batch = list[Chunk]  # the chunks of one network read
 
 _DONE = object()
 
 
-async def tagged(index: int, chunks: AsyncIterator[Chunk]) -> AsyncIterator[tuple[int, Chunk]]:
+async def tagged(index: int, chunks: AsyncIterator[Batch]) -> AsyncIterator[tuple[int, Batch]]:
     try:
         async for chunk in chunks:
             yield index, chunk
@@ -33,7 +34,7 @@ async def tagged(index: int, chunks: AsyncIterator[Chunk]) -> AsyncIterator[tupl
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-async def merge(streams: list[AsyncIterator[Chunk]]) -> AsyncIterator[tuple[int, Chunk]]:
+async def merge(streams: list[AsyncIterator[Batch]]) -> AsyncIterator[tuple[int, Batch]]:
     """Interleave several streams as they produce; the first error ends the merge and cancels the rest."""
     if len(streams) == 1:
         async for item in tagged(0, streams[0]):
@@ -41,7 +42,7 @@ async def merge(streams: list[AsyncIterator[Chunk]]) -> AsyncIterator[tuple[int,
         return
     queue: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue()
 
-    async def pump(index: int, stream: AsyncIterator[Chunk]) -> None:
+    async def pump(index: int, stream: AsyncIterator[Batch]) -> None:
         try:
             async for chunk in stream:
                 queue.put_nowait((index, chunk, None))

@@ -40,13 +40,12 @@ from fleetchat.protocol.fastchat import (
     GenerateParams,
     ModelRequest,
     StreamItem,
-    StreamLogprobs,
-    Usage,
     error_item,
 )
-from fleetchat.protocol.generation import GenerateRequest, GenerationChunk
+from fleetchat.protocol.generation import GenerateRequest
 from fleetchat.protocol.worker import NDJSON, HealthInfo, WorkerEmbeddingsRequest
 from fleetchat.worker.admission import Admission
+from fleetchat.worker.fastchat import conv_template_dict, fastchat_stream
 from fleetchat.worker.registration import Registrar
 from fleetchat.worker.settings import WorkerSettings
 from fleetchat.worker.streaming import AbortingStreamingResponse
@@ -119,42 +118,6 @@ class WorkerState:
             max_queue=self.admission.max_queue,
             detail="; ".join(h.detail for h in healths if h.detail),
         )
-
-
-def _fastchat_logprobs(acc: StreamLogprobs, chunk: GenerationChunk, text_before: str) -> None:
-    offset = len(text_before)
-    for lp in chunk.logprobs or []:
-        acc.text_offset.append(offset)
-        acc.tokens.append(lp.token)
-        acc.token_logprobs.append(lp.logprob)
-        acc.top_logprobs.append({t.token: t.logprob for t in lp.top})
-        offset += len(lp.token)
-
-
-async def fastchat_stream(
-    engine: Engine, request: GenerateRequest, stream_interval: int
-) -> AsyncIterator[StreamItem]:
-    """Engine deltas -> FastChat items (full text so far), every ``stream_interval`` steps and at the end."""
-    text = ""
-    logprobs = StreamLogprobs() if request.params.logprobs is not None else None
-    step = 0
-    async with contextlib.aclosing(engine.generate(request)) as chunks:
-        async for chunk in chunks:
-            if logprobs is not None:
-                _fastchat_logprobs(logprobs, chunk, text)
-            text += chunk.text
-            step += 1
-            if chunk.finish_reason is not None or step % stream_interval == 0:
-                yield StreamItem(
-                    text=text,
-                    usage=Usage(
-                        prompt_tokens=chunk.prompt_tokens,
-                        completion_tokens=chunk.completion_tokens,
-                        total_tokens=chunk.prompt_tokens + chunk.completion_tokens,
-                    ),
-                    finish_reason=chunk.finish_reason,
-                    logprobs=logprobs,
-                )
 
 
 def create_app(
@@ -282,7 +245,7 @@ def create_app(
         try:
             body = ModelRequest.model_validate(await _json_or_empty(request))
             engine = state.engine(body.model, kind="chat")
-            return {"conv": _conv_template_dict(engine)}
+            return {"conv": conv_template_dict(engine)}
         except Exception as exc:
             return error_item(_as_error(exc)).model_dump(exclude_none=True)
 
@@ -409,18 +372,3 @@ async def _json_or_empty(request: Request) -> dict[str, Any]:
         return {}
     body = json.loads(raw)
     return body if isinstance(body, dict) else {}
-
-
-def _conv_template_dict(engine: Any) -> dict[str, Any]:
-    """FastChat Conversation JSON of the engine's chat template (via :mod:`fleetchat.conversation`)."""
-    for attr in ("chat_template", "template"):
-        template = getattr(engine, attr, None)
-        if template is not None and hasattr(template, "to_fastchat_dict"):
-            return template.to_fastchat_dict()
-    from fleetchat.conversation import get_chat_template
-
-    name = engine.info.conv_template
-    tokenizer = getattr(engine, "tokenizer", None)
-    if tokenizer is not None and name == "tokenizer-chat-template":
-        name = None  # the tokenizer's own jinja template, not a named one
-    return get_chat_template(tokenizer=tokenizer, name=name).to_fastchat_dict()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 import time
@@ -50,6 +51,9 @@ class TransformersEngine:
 
         self.settings = settings
         self.loaded = loaded
+        threads = os.environ.get("FLEETCHAT_TORCH_THREADS")
+        if threads:  # the engine thread's intra-op threads; default: torch's (one per core)
+            torch.set_num_threads(max(1, int(threads)))
         self.tokenizer = loaded.tokenizer
         self.template = get_chat_template(self.tokenizer, settings.conv_template, settings.conv_system_msg)
         self.context_length = loaded.context_length

@@ -11,7 +11,8 @@ Two implementations:
   of a step go through each linear layer together (q/k/v and gate/up fused into one matmul each),
   keys/values are written into the preallocated :class:`SlotKVCache`, and decode attention is two
   batched matmuls over the compact slots with a length mask (``scaled_dot_product_attention`` is
-  very slow on this CPU for one query against a short cache). Prompt chunks use SDPA.
+  very slow on this CPU for one query against a short cache); prompt chunks use the same
+  arithmetic with a causal mask. The step is batch-invariant (see ``LlamaRunner.run``).
 * :class:`HFRunner` — any other architecture (or a model sharded over GPUs): the generic Hugging
   Face forward, one sequence at a time with its own ``DynamicCache``. Correct, not fast.
 
@@ -35,6 +36,13 @@ DecodeItem = tuple[int, int, int]  # (slot, token id, position)
 PrefillItem = tuple[int, list[int], int, bool]  # (slot, token ids, start position, wants logits)
 
 _FAST_TYPES = ("llama", "mistral", "qwen2")
+_BLOCK = 64  # attention sums values per block of this many positions (see LlamaRunner._attend)
+_DECODE_TILE = 32  # rows per linear-layer call for decode tokens (see LlamaRunner.run)
+_PREFILL_TILE = 128  # rows per linear-layer call for prompt tokens
+
+
+def _round_up(n: int, multiple: int = _BLOCK) -> int:
+    return -(-n // multiple) * multiple
 
 
 class _FusedLinear(nn.Module):
@@ -142,22 +150,57 @@ class LlamaRunner:
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Attention of ``q [b, hkv, rows, d]`` over ``k, v [b, hkv, span, d]`` with an additive mask.
+
+        Written so that a row's result does not depend on the span or on which other rows or
+        sequences share the step: masked keys weigh exactly zero, and the weighted sum of values
+        is taken per fixed block of positions (whose bounds do not move) and then added up in
+        block order. That makes a greedy request's output identical alone and inside any batch,
+        and chunked prefill identical to whole prefill.
+        """
+        b, h, rows, d = q.shape
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * self.scale + mask
+        probs = torch.softmax(scores, dim=-1).to(q.dtype)
+        blocks = k.shape[2] // _BLOCK
+        probs = probs.view(b, h, rows, blocks, _BLOCK).transpose(2, 3)
+        parts = torch.matmul(probs, v.reshape(b, h, blocks, _BLOCK, d))  # [b, h, blocks, rows, d]
+        return parts.float().sum(dim=2).to(q.dtype)
+
+    def _tiled(self, fn: Any, x: torch.Tensor, segments: list[tuple[int, int, int]]) -> torch.Tensor:
+        """``fn(x)`` computed tile by tile (see the note on batch invariance in :meth:`run`)."""
+        outs = [fn(x[i : i + tile]) for start, end, tile in segments for i in range(start, end, tile)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
     @torch.inference_mode()
     def run(self, decode: list[DecodeItem], prefill: list[PrefillItem]) -> torch.Tensor:
+        """One step. Rows are laid out ``[decode rows | pad | prefill rows | pad]``.
+
+        Batch invariance: a CPU bf16 matmul's result for a row depends on how many rows the call
+        has and where the row sits in it (tail rows take other kernels). So every linear layer runs
+        on fixed-size tiles — decode rows in tiles of ``_DECODE_TILE``, prompt rows in tiles of
+        ``_PREFILL_TILE``, zero rows padding the last tile — where a row's result was measured not
+        to depend on its position. Together with :meth:`_attend` this makes a request's logits
+        bit-identical whatever else shares the step, so greedy output alone == inside a batch.
+        """
         dev = self.device
         n_dec = len(decode)
-        tokens = [t for _, t, _ in decode]
-        positions = [p for _, _, p in decode]
+        n_pre = sum(len(ids) for _, ids, _, _ in prefill)
+        d_pad = _round_up(n_dec, _DECODE_TILE)
+        p_pad = _round_up(n_pre, _PREFILL_TILE)
+        total = d_pad + p_pad
+        segments = [(0, d_pad, _DECODE_TILE), (d_pad, total, _PREFILL_TILE)]
+        tokens = [t for _, t, _ in decode] + [0] * (d_pad - n_dec)
+        positions = [p for _, _, p in decode] + [0] * (d_pad - n_dec)
         for _, ids, start, _ in prefill:
             tokens.extend(ids)
             positions.extend(range(start, start + len(ids)))
-        needed = max(positions) + 1
-        self.cache.ensure_capacity(needed)
-        ids_t = torch.tensor(tokens, device=dev)
+        tokens += [0] * (p_pad - n_pre)
+        positions += [0] * (p_pad - n_pre)
+        self.cache.ensure_capacity(max(positions) + 1)
         pos_t = torch.tensor(positions, device=dev)
         cos, sin = self.cos[pos_t][:, None, :], self.sin[pos_t][:, None, :]
-        x = self.embed(ids_t)
-        total = x.shape[0]
+        x = self.embed(torch.tensor(tokens, device=dev))
 
         if n_dec:
             hi = self.cache.used
@@ -166,65 +209,67 @@ class LlamaRunner:
             compact = n_dec == hi and all(s == i for i, (s, _, _) in enumerate(decode))
             lengths = torch.ones(hi, dtype=torch.long, device=dev)
             lengths[dec_slots] = dec_pos + 1
-            span = int(max(p for _, _, p in decode)) + 1
-            mask = torch.zeros(hi, 1, 1, span, dtype=self.dtype, device=dev)
-            mask.masked_fill_(torch.arange(span, device=dev)[None, None, None, :] >= lengths[:, None, None, None], float("-inf"))
+            span = _round_up(int(max(p for _, _, p in decode)) + 1)
+            dec_mask = torch.zeros(hi, 1, 1, span, device=dev)
+            dec_mask.masked_fill_(torch.arange(span, device=dev) >= lengths[:, None, None, None], float("-inf"))
+        pre_masks = []
+        for _, ids, start, _ in prefill:
+            end = start + len(ids)
+            span = _round_up(end)
+            allowed = torch.arange(span, device=dev)[None, :] <= torch.arange(start, end, device=dev)[:, None]
+            mask = torch.zeros(len(ids), span, device=dev).masked_fill_(~allowed, float("-inf"))
+            pre_masks.append(mask.repeat(self.group, 1)[None, None])  # rows ordered (group, position)
 
         kv_dim = self.hkv * self.head_dim
         q_dim = self.hq * self.head_dim
+        hq, hkv, group, hd = self.hq, self.hkv, self.group, self.head_dim
+        out = torch.zeros(total, hq, hd, dtype=x.dtype, device=dev)  # pad rows stay zero; real rows rewritten
         for li, (w_in, qkv_proj, o_proj, w_post, gate_up, down) in enumerate(self.layers):
             kc, vc = self.cache.k[li], self.cache.v[li]
-            h = self._norm(x, w_in)
-            qkv = qkv_proj(h)
-            q = qkv[:, :q_dim].view(total, self.hq, self.head_dim)
-            k = qkv[:, q_dim : q_dim + kv_dim].view(total, self.hkv, self.head_dim)
-            v = qkv[:, q_dim + kv_dim :].view(total, self.hkv, self.head_dim)
-            q = self._rope(q, cos, sin)
-            k = self._rope(k, cos, sin)
-            out = torch.empty(total, self.hq, self.head_dim, dtype=x.dtype, device=dev)
+            qkv = self._tiled(qkv_proj, self._norm(x, w_in), segments)
+            qk = self._rope(qkv[:, : q_dim + kv_dim].view(total, hq + hkv, hd), cos, sin)  # q and k at once
+            q, k = qk[:, :hq], qk[:, hq:]
+            v = qkv[:, q_dim + kv_dim :].view(total, hkv, hd)
             if n_dec:
                 kc[dec_slots, :, dec_pos] = k[:n_dec]
                 vc[dec_slots, :, dec_pos] = v[:n_dec]
                 if compact:
                     qd = q[:n_dec]
                 else:
-                    qd = torch.zeros(hi, self.hq, self.head_dim, dtype=x.dtype, device=dev)
+                    qd = torch.zeros(hi, hq, hd, dtype=x.dtype, device=dev)
                     qd[dec_slots] = q[:n_dec]
-                qd = qd.view(hi, self.hkv, self.group, self.head_dim)
-                scores = torch.matmul(qd, kc[:hi, :, :span].transpose(-1, -2)) * self.scale + mask
-                probs = torch.softmax(scores.float(), dim=-1).to(x.dtype)
-                od = torch.matmul(probs, vc[:hi, :, :span]).view(hi, self.hq, self.head_dim)
+                span = dec_mask.shape[-1]
+                od = self._attend(qd.view(hi, hkv, group, hd), kc[:hi, :, :span], vc[:hi, :, :span], dec_mask)
+                od = od.view(hi, hq, hd)
                 out[:n_dec] = od if compact else od[dec_slots]
-            offset = n_dec
-            for slot, ids, start, _ in prefill:
+            offset = d_pad
+            for (slot, ids, start, _), mask in zip(prefill, pre_masks):
                 n = len(ids)
                 end = start + n
                 kc[slot, :, start:end] = k[offset : offset + n].transpose(0, 1)
                 vc[slot, :, start:end] = v[offset : offset + n].transpose(0, 1)
-                qp = q[offset : offset + n].transpose(0, 1)[None]
-                kp, vp = kc[slot, :, :end][None], vc[slot, :, :end][None]
-                if start == 0:
-                    op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=self.scale, enable_gqa=True)
-                else:
-                    allowed = torch.arange(end, device=dev)[None, :] <= torch.arange(start, end, device=dev)[:, None]
-                    op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=allowed, scale=self.scale, enable_gqa=True)
-                out[offset : offset + n] = op[0].transpose(0, 1)
+                # [n, hq, d] -> [hkv, group * n, d]: query head h uses kv head h // group
+                qp = q[offset : offset + n].view(n, hkv, group, hd).permute(1, 2, 0, 3).reshape(1, hkv, group * n, hd)
+                span = mask.shape[-1]
+                op = self._attend(qp, kc[slot : slot + 1, :, :span], vc[slot : slot + 1, :, :span], mask)
+                out[offset : offset + n] = op.view(hkv, group, n, hd).permute(2, 0, 1, 3).reshape(n, hq, hd)
                 offset += n
-            x = x + o_proj(out.view(total, q_dim))
-            h = self._norm(x, w_post)
-            gu = gate_up(h)
-            x = x + down(F.silu(gu[:, : self.intermediate]) * gu[:, self.intermediate :])
+            x = x + self._tiled(o_proj, out.view(total, q_dim), segments)
+            gu = self._tiled(gate_up, self._norm(x, w_post), segments)
+            x = x + self._tiled(down, F.silu(gu[:, : self.intermediate]) * gu[:, self.intermediate :], segments)
 
         rows = list(range(n_dec))
-        offset = n_dec
+        offset = d_pad
         for _, ids, _, wants in prefill:
             offset += len(ids)
             if wants:
                 rows.append(offset - 1)
         if not rows:
             return torch.empty(0, 0)
-        x = x[torch.tensor(rows, device=dev)] if len(rows) != total else x
-        return self.lm_head(self._norm(x, self.final_norm)).float()
+        rows += [rows[-1]] * (_round_up(len(rows), _DECODE_TILE) - len(rows))
+        h = self._norm(x[torch.tensor(rows, device=dev)], self.final_norm)
+        n_rows = n_dec + sum(1 for *_, wants in prefill if wants)
+        return self._tiled(self.lm_head, h, [(0, len(rows), _DECODE_TILE)])[:n_rows].float()
 
 
 class HFRunner:
