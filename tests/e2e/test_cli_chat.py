@@ -68,7 +68,8 @@ def test_scripted_chat_uses_history_and_commands(tmp_path) -> None:
     assert "Paris" not in after_reset  # ... the same words without the history have nothing to repeat
     assert QUESTION in prompts[1] and first in prompts[1]
     assert QUESTION not in prompts[2]  # !!reset cleared the history
-    assert prompts[3] == prompts[1]  # !!load brought the saved conversation back exactly
+    # !!load brought the saved conversation back exactly: the saved turns, then the new question
+    assert prompts[3].startswith(prompts[1] + follow_up) and prompts[3].count(FOLLOW_UP) == 2
     # status lines go to stderr, never into the transcript
     assert "conversation reset" in proc.stderr and "loaded 4 messages" in proc.stderr
     assert "loading" not in proc.stdout and "conversation reset" not in proc.stdout

@@ -231,12 +231,6 @@ RENDER = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fleetchat.conversation exports sep_style numbers of FastChat's main branch (CHATML=10); "
-    "fschat 0.2.36, the release users run, has CHATML=9 and reads 10 as CHATINTERN. Remove this "
-    "marker when the conversation module emits 0.2.36's numbers.",
-)
 def test_fastchat_renders_a_fleetchat_workers_template_like_the_worker(fleet, fschat_path, tmp_path):
     """FastChat's API server builds prompts from /worker_get_conv_template: its rendering must match
     the prompt the worker itself renders for the same chat."""

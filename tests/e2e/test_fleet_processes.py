@@ -67,6 +67,7 @@ def test_two_workers_share_load_and_a_killed_one_leaves_within_one_expiration(fl
 
     results = asyncio.run(burst(12))
     used = Counter(a for a, _ in results)
+    print(f"burst of 12 over two workers: {sorted(used.values())}")
     assert set(used) == addresses and min(used.values()) >= 4, used  # least_load spreads the burst
     assert all(len(text.split()) == 8 for _, text in results)
 
@@ -84,6 +85,7 @@ def test_two_workers_share_load_and_a_killed_one_leaves_within_one_expiration(fl
     assert any(not isinstance(o, BaseException) for o in outcomes)
     dead = f"http://127.0.0.1:{ports[0]}"
     took = wait_until(lambda: dead not in {w["address"] for w in workers(ctl)}, 2 + 1.5, what="dead worker dropped")
+    print(f"killed worker left /workers {took:.2f}s after the kill wait ended (expiration 2s)")
     assert took <= 2 + 1.5
     models = httpx.post(f"http://127.0.0.1:{ctl}/list_models").json()["models"]
     assert models == ["fake-model"]
@@ -101,6 +103,7 @@ def test_restarted_controller_gets_its_workers_back_within_one_heartbeat(fleet):
     time.sleep(0.5)
     fleet.controller(ctl, name="controller-2")
     took = wait_until(lambda: len(workers(ctl)) == 1, 5, what="worker back")
+    print(f"restarted controller had its worker back after {took:.2f}s (heartbeat interval 1s)")
     assert took < 1.0 + 0.6, took  # one heartbeat interval (+ a retry backoff step)
     assert "registering again" in w.log() or "cannot reach the controller" in w.log()
 

@@ -123,13 +123,17 @@ async def test_seeded_sampling_is_reproducible_inside_a_batch(engine) -> None:
 async def test_stop_strings_are_not_emitted(engine) -> None:
     full, _, _ = await collect(engine, chat("What is the capital of France?", max_new_tokens=24))
     assert "Paris" in full
-    text, _, chunks = await collect(engine, chat("What is the capital of France?", max_new_tokens=24, stop=("Paris",)))
+    text, _, chunks = await collect(
+        engine, chat("What is the capital of France?", max_new_tokens=24, stop=("Paris",))
+    )
     assert chunks[-1].finish_reason == "stop"
     assert "Paris" not in text and full.startswith(text)
 
 
 async def test_length_finish_and_max_tokens(engine) -> None:
-    _, ids, chunks = await collect(engine, chat("Tell me about the ocean.", max_new_tokens=5, ignore_eos=True))
+    _, ids, chunks = await collect(
+        engine, chat("Tell me about the ocean.", max_new_tokens=5, ignore_eos=True)
+    )
     assert len(ids) == 5 and chunks[-1].finish_reason == "length"
 
 
@@ -145,7 +149,9 @@ async def test_logprobs_shape(engine) -> None:
 
 
 async def test_echo_sends_the_prompt_first(engine) -> None:
-    request = GenerateRequest(prompt="The sky is", echo=True, params=SamplingParams(temperature=0, max_new_tokens=3))
+    request = GenerateRequest(
+        prompt="The sky is", echo=True, params=SamplingParams(temperature=0, max_new_tokens=3)
+    )
     _, _, chunks = await collect(engine, request)
     assert chunks[0].text == "The sky is" and chunks[0].token_ids == []
     assert chunks[-1].finish_reason is not None
@@ -176,7 +182,9 @@ def test_fast_forward_matches_the_hf_forward(engine) -> None:
 
     model, tok = engine.loaded.model, engine.tokenizer
     runner = LlamaRunner(model, max_running=2, context_length=512)
-    a = tok("The capital of France is Paris. The capital of Germany is", add_special_tokens=False)["input_ids"]
+    a = tok("The capital of France is Paris. The capital of Germany is", add_special_tokens=False)[
+        "input_ids"
+    ]
     b = tok("Once upon a time there", add_special_tokens=False)["input_ids"]
     with torch.inference_mode():
         ref_a = model(torch.tensor([a + [1234]])).logits[0].float()
@@ -200,7 +208,9 @@ async def test_generic_hf_runner_agrees_with_the_fast_path(engine) -> None:
     ids = [int(runner.run([], [(slot, prompt, 0, True)])[0].argmax())]
     for i in range(5):
         ids.append(int(runner.run([(slot, ids[-1], len(prompt) + i)], [])[0].argmax()))
-    fast = GenerateRequest(prompt_token_ids=prompt, params=SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True))
+    fast = GenerateRequest(
+        prompt_token_ids=prompt, params=SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
+    )
     assert (await collect(engine, fast))[1] == ids
 
 

@@ -86,14 +86,18 @@ def test_top_k_and_top_p_restrict_the_choice() -> None:
     assert set(top_k) <= {1, 2} and len(set(top_k)) == 2
     probs = torch.softmax(row, -1)
     assert probs[1] < 0.5  # so top_p=0.5 must keep token 1 and exactly one more
-    top_p = [sample(row[None].clone(), [seq(SamplingParams(top_p=0.5), seed=s)])[0].token_id for s in range(40)]
+    top_p = [
+        sample(row[None].clone(), [seq(SamplingParams(top_p=0.5), seed=s)])[0].token_id for s in range(40)
+    ]
     assert set(top_p) == {1, 2}
 
 
 def test_repetition_and_frequency_penalties_change_the_pick() -> None:
     row = logits_row({5: 2.0, 6: 1.9})
     plain = sample(row[None].clone(), [seq(SamplingParams(temperature=0), prompt=(5,))])[0].token_id
-    rep = sample(row[None].clone(), [seq(SamplingParams(temperature=0, repetition_penalty=1.5), prompt=(5,))])[0]
+    rep = sample(
+        row[None].clone(), [seq(SamplingParams(temperature=0, repetition_penalty=1.5), prompt=(5,))]
+    )[0]
     freq = sample(
         row[None].clone(), [seq(SamplingParams(temperature=0, frequency_penalty=0.5), output=(5,))]
     )[0]

@@ -21,9 +21,20 @@ if TYPE_CHECKING:
 
 Turn = tuple[int, str | None]
 
+# fschat 0.2.36 (the release users install) numbers its styles 1..19 in this order.
+_FSCHAT_0_2_36 = (
+    "ADD_COLON_SINGLE ADD_COLON_TWO ADD_COLON_SPACE_SINGLE NO_COLON_SINGLE NO_COLON_TWO "
+    "ADD_NEW_LINE_SINGLE LLAMA2 CHATGLM CHATML CHATINTERN DOLLY RWKV PHOENIX ROBIN FALCON_CHAT "
+    "CHATGLM3 DEEPSEEK_CHAT METAMATH YUAN2"
+).split()
+
 
 class SeparatorStyle(IntEnum):
-    """FastChat's styles in FastChat's order: the integers are what ``/worker_get_conv_template`` sends."""
+    """FastChat's styles in the order of FastChat's main branch.
+
+    The integer on the wire (``/worker_get_conv_template``) is :func:`fastchat_wire_value`, not this
+    value: the released fschat 0.2.36 has no LLAMA3 and so numbers every later style one lower.
+    """
 
     ADD_COLON_SINGLE = 1
     ADD_COLON_TWO = 2
@@ -165,3 +176,11 @@ def render_turns(t: TemplateRecord, system_message: str, turns: Sequence[Turn]) 
     if aware is not None:
         return aware(t, system, turns, has_system=bool(system_message))
     return RENDERERS[t.sep_style](t, system, turns)
+
+
+def fastchat_wire_value(style: SeparatorStyle) -> int:
+    """The ``sep_style`` integer FastChat 0.2.36 clients read; main-branch numbers for newer styles."""
+    try:
+        return _FSCHAT_0_2_36.index(style.name) + 1
+    except ValueError:
+        return int(style)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from fleetchat.conversation.registry import TEMPLATES, TemplateRecord
-from fleetchat.conversation.styles import SeparatorStyle, Turn, render_turns
+from fleetchat.conversation.styles import SeparatorStyle, Turn, fastchat_wire_value, render_turns
 from fleetchat.errors import InvalidParameterError
 from fleetchat.protocol.generation import ChatMessage
 
@@ -94,7 +94,7 @@ class NamedChatTemplate:
             "roles": list(r.roles),
             "messages": [[r.roles[i], text] for i, text in r.few_shot],
             "offset": len(r.few_shot),
-            "sep_style": int(r.sep_style),
+            "sep_style": fastchat_wire_value(r.sep_style),
             "sep": r.sep,
             "sep2": r.sep2,
             "stop_str": (r.stop_str[0] if len(r.stop_str) == 1 else list(r.stop_str)) if r.stop_str else None,
@@ -169,7 +169,7 @@ class JinjaChatTemplate:
             "roles": ["user", "assistant"],
             "messages": [],
             "offset": 0,
-            "sep_style": int(SeparatorStyle.DEFAULT),
+            "sep_style": fastchat_wire_value(SeparatorStyle.DEFAULT),
             "sep": "\n",
             "sep2": None,
             "stop_str": list(self.stop) or None,

@@ -49,11 +49,13 @@ async def _one_stream(engine: Any, prompt: str, max_tokens: int) -> dict[str, An
                 first = now - start
             stamps.append(now)
         tokens = chunk.completion_tokens
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     return {"tokens": tokens, "ttft": first or 0.0, "gaps": gaps, "latency": time.perf_counter() - start}
 
 
-async def benchmark_engine(engine: Any, concurrency_levels: list[int], max_tokens: int, prompt: str) -> list[dict]:
+async def benchmark_engine(
+    engine: Any, concurrency_levels: list[int], max_tokens: int, prompt: str
+) -> list[dict]:
     """Run the sweep against an already loaded engine (the same event loop must own it)."""
     results = []
     for level in concurrency_levels:
@@ -72,7 +74,9 @@ async def benchmark_engine(engine: Any, concurrency_levels: list[int], max_token
                 "output_tokens": tokens,
                 "seconds": round(elapsed, 3),
                 "output_tokens_per_s": round(tokens / elapsed, 1) if elapsed else 0.0,
-                "per_stream_tokens_per_s": round(statistics.mean(r["tokens"] / r["latency"] for r in runs), 1),
+                "per_stream_tokens_per_s": round(
+                    statistics.mean(r["tokens"] / r["latency"] for r in runs), 1
+                ),
                 "ttft_p50_s": round(_percentile(ttfts, 50), 3),
                 "ttft_p99_s": round(_percentile(ttfts, 99), 3),
                 "itl_p50_ms": round(_percentile(gaps, 50) * 1000, 1),

@@ -36,7 +36,13 @@ from fleetchat.errors import (
     InvalidParameterError,
     OverloadedError,
 )
-from fleetchat.protocol.generation import GenerateRequest, GenerationChunk, ModelInfo, TokenLogprob, TopLogprob
+from fleetchat.protocol.generation import (
+    GenerateRequest,
+    GenerationChunk,
+    ModelInfo,
+    TokenLogprob,
+    TopLogprob,
+)
 
 log = logging.getLogger("fleetchat.engine")
 
@@ -57,7 +63,9 @@ class TransformersEngine:
         self.tokenizer = loaded.tokenizer
         self.template = get_chat_template(self.tokenizer, settings.conv_template, settings.conv_system_msg)
         self.context_length = loaded.context_length
-        self.runner = make_runner(loaded.model, max_running=settings.max_running, context_length=self.context_length)
+        self.runner = make_runner(
+            loaded.model, max_running=settings.max_running, context_length=self.context_length
+        )
         self.scheduler = Scheduler(settings.max_running, settings.max_batched_tokens)
         self.eos_ids = self._eos_ids(loaded)
         self._decode_one = fast_decoder(self.tokenizer, skip_special_tokens=False)
@@ -91,7 +99,10 @@ class TransformersEngine:
     @staticmethod
     def _eos_ids(loaded: LoadedModel) -> frozenset[int]:
         ids: set[int] = set()
-        for source in (loaded.tokenizer.eos_token_id, getattr(loaded.model.generation_config, "eos_token_id", None)):
+        for source in (
+            loaded.tokenizer.eos_token_id,
+            getattr(loaded.model.generation_config, "eos_token_id", None),
+        ):
             if isinstance(source, int):
                 ids.add(source)
             elif isinstance(source, (list, tuple)):
@@ -161,7 +172,9 @@ class TransformersEngine:
         finished = False
         try:
             if request.echo:
-                yield GenerationChunk(request_id=request.request_id, text=prompt_text, prompt_tokens=len(prompt_ids))
+                yield GenerationChunk(
+                    request_id=request.request_id, text=prompt_text, prompt_tokens=len(prompt_ids)
+                )
             self._inbox.put(("add", seq))
             while True:
                 item = await items.get()
@@ -284,7 +297,7 @@ class TransformersEngine:
         for seq, n in plan.prefill:
             seq.num_computed += n
         if rows:
-            for seq, choice in zip(rows, sample(logits, rows)):
+            for seq, choice in zip(rows, sample(logits, rows), strict=False):
                 self._append_token(seq, choice, outbox)
 
     def _append_token(self, seq: Sequence, choice: TokenChoice, outbox: dict) -> None:
@@ -322,10 +335,13 @@ class TransformersEngine:
     def _token_logprob(self, choice: TokenChoice) -> TokenLogprob:
         top = [
             TopLogprob(token=self._text_of(t), token_id=t, logprob=lp)
-            for t, lp in zip(choice.top_ids or [], choice.top_logprobs or [])
+            for t, lp in zip(choice.top_ids or [], choice.top_logprobs or [], strict=False)
         ]
         return TokenLogprob(
-            token=self._text_of(choice.token_id), token_id=choice.token_id, logprob=choice.logprob or 0.0, top=top
+            token=self._text_of(choice.token_id),
+            token_id=choice.token_id,
+            logprob=choice.logprob or 0.0,
+            top=top,
         )
 
     def _text_of(self, token_id: int) -> str:
@@ -334,7 +350,9 @@ class TransformersEngine:
             text = self._token_text[token_id] = self._decode_one([token_id])
         return text
 
-    def _finish(self, seq: Sequence, reason: str, outbox: dict, *, text: str, token_ids=(), logprobs=None) -> None:
+    def _finish(
+        self, seq: Sequence, reason: str, outbox: dict, *, text: str, token_ids=(), logprobs=None
+    ) -> None:
         seq.finish_reason = reason
         if self.scheduler.finish(seq) and seq.slot >= 0:
             self._release(seq)

@@ -123,7 +123,13 @@ def _convert_gguf(resolved: ResolvedModel, dtype: torch.dtype, folder: Path, pro
 def _context_length(config: Any, settings: EngineSettings) -> int:
     if settings.context_length:
         return settings.context_length
-    for attr in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length"):
+    for attr in (
+        "max_position_embeddings",
+        "n_positions",
+        "max_seq_len",
+        "seq_length",
+        "max_sequence_length",
+    ):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
             return value
@@ -140,7 +146,9 @@ def load_model(settings: EngineSettings) -> LoadedModel:
     device = _check_devices(settings)
     dtype = resolve_dtype(settings)
     started = time.perf_counter()
-    with tqdm(total=3, desc=f"loading {resolved.name}", unit="step", file=sys.stderr, leave=False) as progress:
+    with tqdm(
+        total=3, desc=f"loading {resolved.name}", unit="step", file=sys.stderr, leave=False
+    ) as progress:
         folder = resolved.directory
         if resolved.gguf_file:
             folder = dense_cache_folder(resolved, dtype)
@@ -151,7 +159,9 @@ def load_model(settings: EngineSettings) -> LoadedModel:
                 except ModelLoadError:
                     raise
                 except Exception as exc:
-                    raise ModelLoadError(f"cannot convert {resolved.gguf_file}: {type(exc).__name__}: {exc}") from exc
+                    raise ModelLoadError(
+                        f"cannot convert {resolved.gguf_file}: {type(exc).__name__}: {exc}"
+                    ) from exc
         progress.update(1 if progress.n == 0 else 0)
         progress.set_postfix_str("loading weights")
         model, tokenizer = _load_folder(folder, settings, dtype, device)
@@ -165,7 +175,14 @@ def load_model(settings: EngineSettings) -> LoadedModel:
             quantization = "int8"
         progress.update(1)
     sharded = bool(getattr(model, "hf_device_map", None)) and len(set(model.hf_device_map.values())) > 1
-    log.info("loaded %s from %s in %.1fs (%s, %s)", resolved.name, folder, time.perf_counter() - started, device, dtype)
+    log.info(
+        "loaded %s from %s in %.1fs (%s, %s)",
+        resolved.name,
+        folder,
+        time.perf_counter() - started,
+        device,
+        dtype,
+    )
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -179,7 +196,9 @@ def load_model(settings: EngineSettings) -> LoadedModel:
     )
 
 
-def _load_folder(folder: Path, settings: EngineSettings, dtype: torch.dtype, device: torch.device) -> tuple[Any, Any]:
+def _load_folder(
+    folder: Path, settings: EngineSettings, dtype: torch.dtype, device: torch.device
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": settings.trust_remote_code}

@@ -24,7 +24,9 @@ _INT8_KERNEL_MAX_ROWS = 8
 class Int8Linear(nn.Module):
     """``y = x @ (qweight * scales[:, None]).T + bias`` with ``qweight`` int8 of shape (out, in)."""
 
-    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+    def __init__(
+        self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+    ):
         super().__init__()
         self.in_features = qweight.shape[1]
         self.out_features = qweight.shape[0]
@@ -45,11 +47,21 @@ class Int8Linear(nn.Module):
     def cat(cls, parts: list[Int8Linear]) -> Int8Linear:
         """One layer computing all ``parts`` side by side (outputs concatenated)."""
         biases = [p.bias for p in parts]
-        bias = None if all(b is None for b in biases) else torch.cat(
-            [b if b is not None else torch.zeros(p.out_features, dtype=p.compute_dtype) for b, p in zip(biases, parts)]
+        bias = (
+            None
+            if all(b is None for b in biases)
+            else torch.cat(
+                [
+                    b if b is not None else torch.zeros(p.out_features, dtype=p.compute_dtype)
+                    for b, p in zip(biases, parts, strict=False)
+                ]
+            )
         )
         return cls(
-            torch.cat([p.qweight for p in parts]), torch.cat([p.scales for p in parts]), bias, parts[0].compute_dtype
+            torch.cat([p.qweight for p in parts]),
+            torch.cat([p.scales for p in parts]),
+            bias,
+            parts[0].compute_dtype,
         )
 
     def dequantized(self) -> torch.Tensor:

@@ -54,7 +54,12 @@ class _FusedLinear(nn.Module):
         biases = [getattr(p, "bias", None) for p in parts]
         self.bias = None
         if any(b is not None for b in biases):
-            self.bias = torch.cat([b if b is not None else torch.zeros(p.weight.shape[0]) for b, p in zip(biases, parts)])
+            self.bias = torch.cat(
+                [
+                    b if b is not None else torch.zeros(p.weight.shape[0])
+                    for b, p in zip(biases, parts, strict=False)
+                ]
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -211,7 +216,9 @@ class LlamaRunner:
             lengths[dec_slots] = dec_pos + 1
             span = _round_up(int(max(p for _, _, p in decode)) + 1)
             dec_mask = torch.zeros(hi, 1, 1, span, device=dev)
-            dec_mask.masked_fill_(torch.arange(span, device=dev) >= lengths[:, None, None, None], float("-inf"))
+            dec_mask.masked_fill_(
+                torch.arange(span, device=dev) >= lengths[:, None, None, None], float("-inf")
+            )
         pre_masks = []
         for _, ids, start, _ in prefill:
             end = start + len(ids)
@@ -243,20 +250,27 @@ class LlamaRunner:
                 od = od.view(hi, hq, hd)
                 out[:n_dec] = od if compact else od[dec_slots]
             offset = d_pad
-            for (slot, ids, start, _), mask in zip(prefill, pre_masks):
+            for (slot, ids, start, _), mask in zip(prefill, pre_masks, strict=False):
                 n = len(ids)
                 end = start + n
                 kc[slot, :, start:end] = k[offset : offset + n].transpose(0, 1)
                 vc[slot, :, start:end] = v[offset : offset + n].transpose(0, 1)
                 # [n, hq, d] -> [hkv, group * n, d]: query head h uses kv head h // group
-                qp = q[offset : offset + n].view(n, hkv, group, hd).permute(1, 2, 0, 3).reshape(1, hkv, group * n, hd)
+                qp = (
+                    q[offset : offset + n]
+                    .view(n, hkv, group, hd)
+                    .permute(1, 2, 0, 3)
+                    .reshape(1, hkv, group * n, hd)
+                )
                 span = mask.shape[-1]
                 op = self._attend(qp, kc[slot : slot + 1, :, :span], vc[slot : slot + 1, :, :span], mask)
                 out[offset : offset + n] = op.view(hkv, group, n, hd).permute(2, 0, 1, 3).reshape(n, hq, hd)
                 offset += n
             x = x + self._tiled(o_proj, out.view(total, q_dim), segments)
             gu = self._tiled(gate_up, self._norm(x, w_post), segments)
-            x = x + self._tiled(down, F.silu(gu[:, : self.intermediate]) * gu[:, self.intermediate :], segments)
+            x = x + self._tiled(
+                down, F.silu(gu[:, : self.intermediate]) * gu[:, self.intermediate :], segments
+            )
 
         rows = list(range(n_dec))
         offset = d_pad
@@ -302,7 +316,10 @@ class HFRunner:
             input_ids = torch.tensor([ids], device=self.device)
             position_ids = torch.arange(start, start + len(ids), device=self.device)[None]
             out = self.model(
-                input_ids=input_ids, position_ids=position_ids, past_key_values=self.caches[slot], use_cache=True
+                input_ids=input_ids,
+                position_ids=position_ids,
+                past_key_values=self.caches[slot],
+                use_cache=True,
             )
             if wants:
                 rows.append(out.logits[0, -1].float())
@@ -312,7 +329,9 @@ class HFRunner:
 def make_runner(model: Any, *, max_running: int, context_length: int) -> LlamaRunner | HFRunner:
     reason = fast_path_reason(model)
     if reason is None:
-        runner: LlamaRunner | HFRunner = LlamaRunner(model, max_running=max_running, context_length=context_length)
+        runner: LlamaRunner | HFRunner = LlamaRunner(
+            model, max_running=max_running, context_length=context_length
+        )
     else:
         log.info("using the generic Hugging Face forward (%s)", reason)
         runner = HFRunner(model, max_running=max_running, context_length=context_length)

@@ -28,7 +28,9 @@ class TokenChoice:
 def _apply_penalties(row: torch.Tensor, seq: Sequence) -> None:
     p = seq.params
     if p.repetition_penalty != 1.0:
-        seen = torch.tensor(sorted(set(seq.prompt_ids) | set(seq.output_ids)), dtype=torch.long, device=row.device)
+        seen = torch.tensor(
+            sorted(set(seq.prompt_ids) | set(seq.output_ids)), dtype=torch.long, device=row.device
+        )
         if seen.numel():
             vals = row[seen]
             row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
@@ -64,8 +66,12 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[TokenChoice]:
     greedy = [i for i, s in enumerate(seqs) if s.params.greedy]
     sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if greedy:
-        picked = logits[greedy].argmax(dim=-1).tolist() if len(greedy) < len(seqs) else logits.argmax(dim=-1).tolist()
-        for i, tok in zip(greedy, picked):
+        picked = (
+            logits[greedy].argmax(dim=-1).tolist()
+            if len(greedy) < len(seqs)
+            else logits.argmax(dim=-1).tolist()
+        )
+        for i, tok in zip(greedy, picked, strict=False):
             choices[i] = TokenChoice(tok)
     if sampled:
         rows = torch.tensor(sampled, device=logits.device)

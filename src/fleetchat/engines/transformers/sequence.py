@@ -32,7 +32,9 @@ class Sequence:
     stop_token_ids: frozenset[int]
     emit: Callable[[Any], None]  # puts a chunk (or an exception) in the consumer's queue; call on ``loop``
     loop: Any  # the consumer's asyncio loop (the engine thread hands items over with call_soon_threadsafe)
-    generator: torch.Generator | None = None  # per-request RNG: a seeded request samples the same in any batch
+    generator: torch.Generator | None = (
+        None  # per-request RNG: a seeded request samples the same in any batch
+    )
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0
     slot: int = -1
