@@ -28,10 +28,12 @@ def option(
     flag: str | None = None,
     choices: tuple[Any, ...] | None = None,
     aliases: tuple[str, ...] = (),
+    env: str | None = None,
     default_factory: Any = _MISSING,
 ) -> Any:
-    """A settings field. ``flag`` defaults to ``--field-name``; ``aliases`` adds spellings."""
-    meta = {"help": help, "flag": flag, "choices": choices, "aliases": aliases}
+    """A settings field. ``flag`` defaults to ``--field-name``; ``aliases`` adds spellings; ``env``
+    names the environment variable when it must be shared across components."""
+    meta = {"help": help, "flag": flag, "choices": choices, "aliases": aliases, "env": env}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -42,6 +44,11 @@ def _flag(field: dataclasses.Field) -> str:
 
 
 def env_name(field_name: str, cls: type | None = None) -> str:
+    """``FLEETCHAT_<env_prefix><FIELD>``, or the field's own ``env=`` name."""
+    if cls is not None:
+        for f in dataclasses.fields(cls):
+            if f.name == field_name and f.metadata.get("env"):
+                return f.metadata["env"]
     prefix = getattr(cls, "env_prefix", "") if cls is not None else ""
     return "FLEETCHAT_" + prefix.upper() + field_name.upper()
 

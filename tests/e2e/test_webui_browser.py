@@ -112,10 +112,10 @@ def served(tmp_path_factory) -> Iterator[Served]:
     db = tmp / "webui.db"
     env = {
         # Read by the `fleetchat web` child that serve starts (serve passes host, port and API URL).
-        "FLEETCHAT_DB_URL": f"sqlite:///{db}",
-        "FLEETCHAT_DEFAULT_MAX_TOKENS": "12",
-        "FLEETCHAT_MODEL_REFRESH_SECONDS": "2",
-        "FLEETCHAT_BOOTSTRAP_ROUNDS": "20",
+        "FLEETCHAT_WEB_DB_URL": f"sqlite:///{db}",
+        "FLEETCHAT_WEB_DEFAULT_MAX_TOKENS": "12",
+        "FLEETCHAT_WEB_MODEL_REFRESH_SECONDS": "2",
+        "FLEETCHAT_WEB_BOOTSTRAP_ROUNDS": "20",
     }
     args = [
         sys.executable, "-m", "fleetchat.cli.main", "serve",

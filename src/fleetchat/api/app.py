@@ -11,7 +11,7 @@ Routes::
     GET  /metrics                Prometheus text format
 
 /v1/* need an API key when ``--api-keys`` is set. The app reaches workers only through its
-:class:`~fleetchat.api.routing.WorkerRouter` (one shared HTTP client with a large pool). Tests pass a
+:class:`~fleetchat.api.routing.WorkerRouter` (shared clients: see routing.py). Tests pass a
 ``controller`` and an ``http`` client; otherwise they are built from the settings and closed with the app.
 """
 
@@ -35,6 +35,7 @@ from fleetchat.api.errors import install_error_handlers
 from fleetchat.api.metrics import Metrics, RequestTimer
 from fleetchat.api.routing import Controller, WorkerRouter
 from fleetchat.api.settings import ApiSettings
+from fleetchat.api.upstream import StreamingClient
 from fleetchat.errors import FleetchatError, InvalidRequestError, ModelNotFoundError, as_fleetchat_error
 from fleetchat.protocol import openai as oa
 
@@ -87,7 +88,11 @@ def create_app(
     if http is None:
         http = make_http_client(settings)
         owned.append(http)
-    router = WorkerRouter(controller, http, retries=settings.retries, model_list_ttl=settings.model_list_ttl)
+    streams = StreamingClient(connect_timeout=settings.connect_timeout, read_timeout=settings.worker_timeout,
+                              max_idle=settings.max_connections)
+    owned.append(streams)
+    router = WorkerRouter(controller, http, streams, retries=settings.retries,
+                          model_list_ttl=settings.model_list_ttl)
     metrics = Metrics()
 
     @asynccontextmanager

@@ -1,8 +1,9 @@
 """Pick a worker through the controller and stream from it, retrying elsewhere before the first token.
 
-:class:`WorkerRouter` is the API server's only way to reach models. It holds the one shared
-``httpx.AsyncClient`` (large connection pool: httpx's default of 100 connections serialised load in
-FastChat, issue #2256) and the controller client.
+:class:`WorkerRouter` is the API server's only way to reach models. It holds the shared clients:
+:class:`~fleetchat.api.upstream.StreamingClient` for the per-token worker streams (a few µs per
+chunk where httpx costs ~100), and an ``httpx.AsyncClient`` with a large pool for embeddings (httpx's
+default of 100 connections serialised load in FastChat, issue #2256), plus the controller client.
 
 A generation goes to ``POST {worker}/v1/generate`` and comes back as ndjson
 :class:`~fleetchat.protocol.generation.GenerationChunk` lines, parsed with orjson into plain dicts
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
+from fleetchat.api.upstream import StreamingClient, UpstreamError
 from fleetchat.errors import (
     FleetchatError,
     ModelNotFoundError,
@@ -61,12 +63,15 @@ def _queue(worker: dict[str, Any]) -> float:
 
 
 async def _error_from_response(resp: httpx.Response, address: str) -> FleetchatError:
-    raw = await resp.aread()
+    return _error_from_bytes(resp.status_code, await resp.aread(), address)
+
+
+def _error_from_bytes(status: int, raw: bytes, address: str) -> FleetchatError:
     try:
         body: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:
         body = raw.decode("utf-8", errors="replace")[:500]
-    err = error_from_body(resp.status_code, body)
+    err = error_from_body(status, body)
     if isinstance(err, WorkerError) and address not in err.message:
         err = WorkerError(f"worker {address}: {err.message}")
     return err
@@ -77,6 +82,7 @@ class WorkerRouter:
         self,
         controller: Controller,
         http: httpx.AsyncClient,
+        streams: StreamingClient | None = None,
         *,
         retries: int = 2,
         model_list_ttl: float = 2.0,
@@ -84,6 +90,7 @@ class WorkerRouter:
     ) -> None:
         self.controller = controller
         self.http = http
+        self.streams = streams or StreamingClient()
         self.retries = retries
         self.model_list_ttl = model_list_ttl
         self._clock = clock
@@ -142,48 +149,47 @@ class WorkerRouter:
             if not address:
                 break
             started = False
+            resp = None
             try:
-                async with self.http.stream(
-                    "POST", address + "/v1/generate", content=body,
-                    headers={"content-type": "application/json"},
-                ) as resp:
-                    if resp.status_code != 200:
-                        raise await _error_from_response(resp, address)
-                    buffer = b""
-                    async for data in resp.aiter_bytes():
-                        buffer += data
-                        if b"\n" not in buffer:
+                resp = await self.streams.post(address + "/v1/generate", body)
+                if resp.status != 200:
+                    raise _error_from_bytes(resp.status, await resp.read(), address)
+                buffer = b""
+                async for data in resp.iter_raw():
+                    buffer += data
+                    if b"\n" not in buffer:
+                        continue
+                    *lines, buffer = buffer.split(b"\n")
+                    batch = []
+                    for line in lines:
+                        if not line.strip():
                             continue
-                        *lines, buffer = buffer.split(b"\n")
-                        batch = []
-                        for line in lines:
-                            if not line.strip():
-                                continue
-                            chunk = orjson.loads(line)
-                            if "error" in chunk:
-                                if batch:
-                                    started = True
-                                    yield batch
-                                raise error_from_body(500, chunk)
-                            batch.append(chunk)
-                        if batch:
-                            started = True
-                            yield batch
-                    if buffer.strip():
-                        chunk = orjson.loads(buffer)
+                        chunk = orjson.loads(line)
                         if "error" in chunk:
+                            if batch:
+                                started = True
+                                yield batch
                             raise error_from_body(500, chunk)
+                        batch.append(chunk)
+                    if batch:
                         started = True
-                        yield [chunk]
+                        yield batch
+                if buffer.strip():
+                    chunk = orjson.loads(buffer)
+                    if "error" in chunk:
+                        raise error_from_body(500, chunk)
+                    started = True
+                    yield [chunk]
                 return
-            except httpx.TransportError as exc:
-                err: FleetchatError = WorkerError(
-                    f"worker {address} failed: {type(exc).__name__}: {exc or 'connection closed'}"
-                )
+            except UpstreamError as exc:
+                err: FleetchatError = WorkerError(f"worker {address} failed: {exc}")
             except orjson.JSONDecodeError as exc:
                 err = WorkerError(f"worker {address} sent a malformed line: {exc}")
             except FleetchatError as exc:
                 err = exc
+            finally:
+                if resp is not None:
+                    resp.close()  # before its end: closes the connection, so the worker aborts
             if started or not _retryable(err):
                 raise err
             failed.append(address)

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import orjson
 
+from fleetchat.api.upstream import StreamingClient, UpstreamError
 from fleetchat.bench.stats import RequestRecord
 from fleetchat.protocol.sse import iter_sse_data
 
@@ -29,6 +30,9 @@ class HttpTarget:
         self.api_key = api_key
         self.ignore_eos = ignore_eos
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.headers = headers
+        # the streams go through the light client: the load generator shares the CPU with the server
+        self.streams = StreamingClient(connect_timeout=10.0, read_timeout=timeout)
         self.client = httpx.AsyncClient(
             base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=4096, max_keepalive_connections=4096), trust_env=False,
@@ -65,35 +69,39 @@ class HttpTarget:
         start = time.perf_counter()
         rec = RequestRecord(ok=False)
         chunks = 0
+        resp = None
         try:
-            async with self.client.stream("POST", "/chat/completions", content=orjson.dumps(body),
-                                          headers={"content-type": "application/json"}) as r:
-                if r.status_code != 200:
-                    text = (await r.aread()).decode(errors="replace")[:300]
-                    rec.error = f"HTTP {r.status_code}: {text}"
-                    rec.latency = time.perf_counter() - start
-                    return rec
-                async for data in iter_sse_data(r.aiter_bytes()):
-                    if data == "[DONE]":
-                        break
-                    event = orjson.loads(data)
-                    if "error" in event:
-                        rec.error = str(event["error"].get("message", event["error"]))
-                        break
-                    for choice in event.get("choices") or ():
-                        delta = choice.get("delta") or {}
-                        if delta.get("content"):
-                            now = time.perf_counter() - start
-                            if rec.ttft is None:
-                                rec.ttft = now
-                            rec.chunk_times.append(now)
-                            chunks += 1
-                    usage = event.get("usage")
-                    if usage and usage.get("completion_tokens") is not None:
-                        rec.output_tokens = int(usage["completion_tokens"])
-                        rec.tokens_from_usage = True
-        except httpx.HTTPError as exc:
+            resp = await self.streams.post(self.base_url + "/chat/completions", orjson.dumps(body),
+                                           headers=self.headers)
+            if resp.status != 200:
+                text = (await resp.read()).decode(errors="replace")[:300]
+                rec.error = f"HTTP {resp.status}: {text}"
+                rec.latency = time.perf_counter() - start
+                return rec
+            async for data in iter_sse_data(resp.iter_raw()):
+                if data == "[DONE]":
+                    break
+                event = orjson.loads(data)
+                if "error" in event:
+                    rec.error = str(event["error"].get("message", event["error"]))
+                    break
+                for choice in event.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        now = time.perf_counter() - start
+                        if rec.ttft is None:
+                            rec.ttft = now
+                        rec.chunk_times.append(now)
+                        chunks += 1
+                usage = event.get("usage")
+                if usage and usage.get("completion_tokens") is not None:
+                    rec.output_tokens = int(usage["completion_tokens"])
+                    rec.tokens_from_usage = True
+        except (UpstreamError, orjson.JSONDecodeError) as exc:
             rec.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if resp is not None:
+                resp.close()
         rec.latency = time.perf_counter() - start
         if not rec.tokens_from_usage:
             rec.output_tokens = chunks
@@ -104,6 +112,7 @@ class HttpTarget:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self.streams.aclose()
 
 
 class EngineTarget:

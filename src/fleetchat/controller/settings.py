@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from fleetchat.settings import option
 
 
 @dataclass(frozen=True)
 class ControllerSettings:
+    env_prefix: ClassVar[str] = "CONTROLLER_"
+
     host: str = option("127.0.0.1", help="address to bind; use 0.0.0.0 to accept workers from other machines")
     port: int = option(21001, help="port to listen on")
     dispatch_method: str = option(
@@ -25,6 +28,7 @@ class ControllerSettings:
     probe_timeout: float = option(5.0, help="seconds to wait for a worker's /worker_get_status answer")
     controller_secret: str | None = option(
         None,
+        env="FLEETCHAT_CONTROLLER_SECRET",
         help="shared secret workers must send (header 'Authorization: Bearer SECRET' or 'X-Fleetchat-Secret') "
         "to register or heartbeat; unset = open registration",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from fleetchat.settings import option
 
@@ -12,6 +13,8 @@ DEFAULT_DB_URL = "sqlite:///~/.local/share/fleetchat/webui.db"
 @dataclass(frozen=True)
 class WebSettings:
     """How ``fleetchat web`` binds, which OpenAI-compatible API it talks to, where votes are kept."""
+
+    env_prefix: ClassVar[str] = "WEB_"
 
     host: str = option("127.0.0.1", help="address the web UI binds to")
     port: int = option(7860, help="port of the web UI")

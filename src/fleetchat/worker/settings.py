@@ -7,12 +7,15 @@ that give none), so it is not repeated here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from fleetchat.settings import option
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
+    env_prefix: ClassVar[str] = "WORKER_"
+
     host: str = option("127.0.0.1", help="address to bind")
     port: int = option(21002, help="port to listen on")
     worker_address: str | None = option(
@@ -38,7 +41,8 @@ class WorkerSettings:
         0.1, help="after the queue length changes, report it to the controller within this many seconds"
     )
     controller_secret: str | None = option(
-        None, help="registration secret of the controller (sent as 'Authorization: Bearer ...')"
+        None, env="FLEETCHAT_CONTROLLER_SECRET",
+        help="registration secret of the controller (sent as 'Authorization: Bearer ...')"
     )
 
     def __post_init__(self) -> None:
