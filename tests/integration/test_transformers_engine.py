@@ -109,6 +109,23 @@ async def test_abort_by_id_ends_the_stream(engine) -> None:
     assert chunks[-1].finish_reason == "abort" and len(chunks) < 50
 
 
+async def test_long_prompts_grow_the_cache_and_slots_move_cleanly(engine) -> None:
+    """Prompts longer than the cache's first capacity and finishing out of slot order."""
+    long_ids = engine.tokenizer(
+        "The quick brown fox jumps over the lazy dog. " * 60, add_special_tokens=False
+    )["input_ids"][:600]
+
+    def req(n: int) -> GenerateRequest:
+        params = SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True)
+        return GenerateRequest(prompt_token_ids=long_ids, params=params)
+
+    alone = (await collect(engine, req(12)))[1]
+    results = await asyncio.gather(collect(engine, req(3)), collect(engine, req(12)), collect(engine, req(6)))
+    assert [len(r[1]) for r in results] == [3, 12, 6]
+    assert results[1][1] == alone  # unchanged although the cache grew and slots moved under it
+    assert engine.health().ok
+
+
 async def test_seeded_sampling_is_reproducible_inside_a_batch(engine) -> None:
     def req(seed: int) -> GenerateRequest:
         return chat("Tell me a story.", temperature=1.0, seed=seed, max_new_tokens=16, ignore_eos=True)

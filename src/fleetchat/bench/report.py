@@ -14,15 +14,17 @@ def _ms(value: float | None) -> str:
 
 
 COLUMNS = ("target", "conc", "ok", "fail", "out tok/s", "TTFT p50", "TTFT p99", "ITL p50", "TPOT p50",
-           "lat p50", "lat p99", "tok/req", "vs first")
+           "lat p50", "lat p99", "tok/req", "vs first")  # "vs first": tok/s relative to the first target
 
 
 def table(rows: list[tuple[str, LevelResult]]) -> str:
-    """Rows in run order; 'vs first' is throughput relative to the first target at the same level."""
-    first: dict[int, float] = {}
+    """Rows in run order; 'vs first' is throughput relative to the first target's row of the same round."""
     lines = []
+    first_name = rows[0][0] if rows else ""
+    base = 0.0
     for name, r in rows:
-        base = first.setdefault(r.concurrency, r.output_tokens_per_s)
+        if name == first_name:
+            base = r.output_tokens_per_s
         rel = f"{r.output_tokens_per_s / base * 100:.1f}%" if base else "-"
         lines.append((name, str(r.concurrency), str(r.requests_ok), str(r.requests_failed),
                       f"{r.output_tokens_per_s:.1f}", _ms(r.ttft_p50_s), _ms(r.ttft_p99_s), _ms(r.itl_p50_s),

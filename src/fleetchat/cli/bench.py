@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _main(args: argparse.Namespace) -> int:
     import json
+    import logging
     import os
 
     from fleetchat.bench.load import run_level
@@ -80,8 +81,6 @@ async def _main(args: argparse.Namespace) -> int:
     from fleetchat.bench.targets import EngineTarget, HttpTarget
     from fleetchat.engines.base import EngineSettings
     from fleetchat.settings import from_args
-
-    import logging
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the table
     levels = _levels(args.concurrency)

@@ -5,6 +5,9 @@ Requests and aborts reach it through a thread-safe inbox; each step's chunks go 
 loop in one ``loop.call_soon_threadsafe`` call that fills per-request ``asyncio.Queue``s, so the event
 loop never waits on the model. Closing a ``generate`` iterator (client gone, task cancelled) sends an
 abort, and the next step frees the request's slot.
+
+``FLEETCHAT_TORCH_THREADS`` sets the engine's intra-op threads (default: torch's, one per core); on
+a machine whose cores are shared with the API server and other processes, 1 can be faster.
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ class TransformersEngine:
                 ids.update(int(x) for x in source)
         return frozenset(ids)
 
+    @torch.inference_mode()
     def _warm_up(self) -> None:
         """One tiny step so the first request does not pay for kernel initialisation."""
         slot = self.runner.allocate()
@@ -235,31 +239,42 @@ class TransformersEngine:
 
     # ---------------------------------------------------------------------------- the engine thread
     def _loop(self) -> None:
-        torch.set_grad_enabled(False)
+        # everything the engine thread does to tensors (steps, cache growth, slot moves) happens in
+        # inference mode: tensors made inside it cannot be updated in place outside it
+        with torch.inference_mode():
+            self._run_loop()
+
+    def _run_loop(self) -> None:
         outbox: dict[Any, list] = defaultdict(list)
         while True:
             try:
-                message = self._inbox.get(block=self.scheduler.idle)
+                if not self._iterate(outbox):
+                    return
+            except Exception as exc:  # a broken step must not kill the thread or leave streams hanging
+                log.exception("engine step failed")
+                self._fail_all(EngineError(f"generation failed: {type(exc).__name__}: {exc}"), outbox)
+            self._deliver(outbox)
+
+    def _iterate(self, outbox: dict) -> bool:
+        """Take in requests and aborts, then run one step. False once the engine is told to stop."""
+        try:
+            message = self._inbox.get(block=self.scheduler.idle)
+        except queue.Empty:
+            message = None
+        while message is not None:
+            if message is _STOP:
+                self._fail_all(EngineError("the engine is closed"), outbox)
+                self._deliver(outbox)
+                return False
+            self._handle(message, outbox)
+            try:
+                message = self._inbox.get_nowait()
             except queue.Empty:
                 message = None
-            while message is not None:
-                if message is _STOP:
-                    self._fail_all(EngineError("the engine is closed"), outbox)
-                    self._deliver(outbox)
-                    return
-                self._handle(message, outbox)
-                try:
-                    message = self._inbox.get_nowait()
-                except queue.Empty:
-                    message = None
-            plan = self.scheduler.schedule()
-            if not plan.empty:
-                try:
-                    self._step(plan, outbox)
-                except Exception as exc:  # a broken step must not kill the thread or hang streams
-                    log.exception("engine step failed")
-                    self._fail_all(EngineError(f"generation failed: {type(exc).__name__}: {exc}"), outbox)
-            self._deliver(outbox)
+        plan = self.scheduler.schedule()
+        if not plan.empty:
+            self._step(plan, outbox)
+        return True
 
     def _handle(self, message: tuple[str, Any], outbox: dict) -> None:
         kind, value = message
@@ -381,7 +396,10 @@ class TransformersEngine:
     def _fail_all(self, error: FleetchatError, outbox: dict) -> None:
         for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
             if self.scheduler.finish(seq) and seq.slot >= 0:
-                self._release(seq)
+                try:
+                    self._release(seq)
+                except Exception:  # keep failing the others: every stream must end
+                    log.exception("could not free the slot of %s", seq.request_id)
             outbox[seq.loop].append((seq.emit, error))
         while True:  # requests still in the inbox
             try:

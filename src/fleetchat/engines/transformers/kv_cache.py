@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-_MIN_CAPACITY = 256
+_MIN_CAPACITY = 64
 
 
 class SlotKVCache:
@@ -38,8 +38,9 @@ class SlotKVCache:
         self.dtype, self.device = dtype, device
         self.capacity = min(max_len, capacity)
         shape = (layers, slots, kv_heads, self.capacity, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        with torch.inference_mode():  # the cache is only ever touched in inference mode
+            self.k = torch.zeros(shape, dtype=dtype, device=device)
+            self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.used = 0  # occupied slots are 0 .. used-1
 
     @property
@@ -53,6 +54,7 @@ class SlotKVCache:
         self.used += 1
         return self.used - 1
 
+    @torch.inference_mode()
     def release(self, slot: int, length_of_last: int) -> int | None:
         """Free ``slot``. If it was not the last one, the last slot's first ``length_of_last`` positions
         move into it; return the slot that moved (the caller renumbers its sequence), else None."""
@@ -65,6 +67,7 @@ class SlotKVCache:
             self.v[:, slot, :, :length_of_last].copy_(self.v[:, last, :, :length_of_last])
         return last
 
+    @torch.inference_mode()
     def ensure_capacity(self, length: int) -> None:
         """Grow (doubling, bounded by ``max_len``) so positions ``< length`` fit."""
         if length <= self.capacity:
