@@ -31,12 +31,12 @@ from starlette.responses import PlainTextResponse, Response
 
 from fleetchat.api import generation
 from fleetchat.api.auth import ApiKeyCheck
-from fleetchat.api.errors import install_error_handlers
 from fleetchat.api.metrics import Metrics, RequestTimer
 from fleetchat.api.routing import Controller, WorkerRouter
 from fleetchat.api.settings import ApiSettings
 from fleetchat.api.upstream import StreamingClient
 from fleetchat.errors import FleetchatError, InvalidRequestError, ModelNotFoundError, as_fleetchat_error
+from fleetchat.http_errors import install_error_handlers
 from fleetchat.protocol import openai as oa
 
 

@@ -22,11 +22,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fleetchat.api.errors import stream_error_events
 from fleetchat.api.metrics import Metrics, RequestTimer
 from fleetchat.api.routing import WorkerRouter
 from fleetchat.api.streams import Collected, EventStream, merge, until_disconnected
 from fleetchat.errors import as_fleetchat_error
+from fleetchat.http_errors import stream_error_events
 from fleetchat.protocol import openai as oa
 from fleetchat.protocol.generation import GenerateRequest
 from fleetchat.protocol.sse import SSE_DONE, sse_event

@@ -18,18 +18,15 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from fleetchat.controller import dispatch, registry
 from fleetchat.controller.settings import ControllerSettings
 from fleetchat.errors import (
-    FleetchatError,
-    InvalidRequestError,
     NoWorkerAvailableError,
     PermissionDeniedError,
-    error_body,
 )
+from fleetchat.http_errors import install_error_handlers
 from fleetchat.protocol.fastchat import (
     GetWorkerAddressRequest,
     HeartbeatRequest,
@@ -159,16 +156,7 @@ def create_app(
     app = FastAPI(title="fleetchat controller", lifespan=lifespan)
     app.state.controller = state
 
-    @app.exception_handler(FleetchatError)
-    async def _fleetchat_error(request: Request, exc: FleetchatError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        err = InvalidRequestError(f"invalid request body: {where or 'body'}: {first.get('msg', 'invalid')}")
-        return JSONResponse(error_body(err), status_code=400)
+    install_error_handlers(app)
 
     @app.post("/register_worker")
     async def register_worker(body: RegisterWorkerRequest, request: Request) -> None:

@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from fleetchat.engines.base import EmbeddingEngine, Engine
@@ -34,6 +33,7 @@ from fleetchat.errors import (
     as_fleetchat_error,
     error_body,
 )
+from fleetchat.http_errors import install_error_handlers
 from fleetchat.protocol.fastchat import (
     CountTokenRequest,
     EmbeddingsRequest,
@@ -154,19 +154,7 @@ def create_app(
     app = FastAPI(title="fleetchat worker", lifespan=lifespan)
     app.state.worker = state
 
-    @app.exception_handler(FleetchatError)
-    async def _fleetchat_error(request: Request, exc: FleetchatError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        ctx_err = (first.get("ctx") or {}).get("error")
-        if isinstance(ctx_err, FleetchatError):  # our own validators (SamplingParams, GenerateRequest)
-            return JSONResponse(error_body(ctx_err), status_code=ctx_err.status)
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        err = InvalidRequestError(f"invalid request body: {where or 'body'}: {first.get('msg', 'invalid')}", param=where or None)
-        return JSONResponse(error_body(err), status_code=400)
+    install_error_handlers(app)
 
     async def fastchat_json(request: Request) -> dict[str, Any]:
         try:

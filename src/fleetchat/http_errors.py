@@ -1,6 +1,7 @@
-"""The one place where errors become HTTP responses (and SSE error events) in the API server.
+"""The one place where errors become HTTP responses (and SSE error events), for every fleetchat app.
 
-Every handler raises :mod:`fleetchat.errors` classes; :func:`install_error_handlers` renders them as
+The controller, the workers and the API server all call :func:`install_error_handlers`. Every
+handler raises :mod:`fleetchat.errors` classes; the installed handlers render them as
 OpenAI's envelope with their own status. FastAPI's 422 for body validation and Starlette's plain
 404/405 become OpenAI-shaped 400/404/405 too, and anything unexpected a 500 in the same shape, so an
 SDK always gets a body it can parse. Inside a stream that already began, :func:`stream_error_events`
@@ -50,6 +51,9 @@ def _validation(exc: RequestValidationError) -> FleetchatError:
     if not errors:
         return InvalidRequestError("invalid request body")
     first = errors[0]
+    ctx_err = (first.get("ctx") or {}).get("error")
+    if isinstance(ctx_err, FleetchatError):  # raised by our own validators (SamplingParams, GenerateRequest)
+        return ctx_err
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
