@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from fleetchat.errors import ContextLengthExceededError
 from fleetchat.protocol.generation import EmbeddingResult, GenerateRequest, GenerationChunk, ModelInfo
 from fleetchat.settings import option
 
@@ -38,6 +39,29 @@ class EngineHealth:
     @property
     def queue_length(self) -> int:
         return self.running + self.waiting
+
+
+def check_context_length(prompt_tokens: int, max_new_tokens: int | None, context_length: int) -> int:
+    """The number of tokens the reply may have; ContextLengthExceededError when nothing fits.
+
+    ``max_new_tokens`` None means "the rest of the context". Never truncates silently.
+    """
+    ctx = context_length
+    if max_new_tokens is None:
+        if prompt_tokens >= ctx:
+            raise ContextLengthExceededError(
+                f"this model's maximum context length is {ctx} tokens, but the prompt has {prompt_tokens} "
+                f"tokens, leaving no room for a reply",
+                param="messages",
+            )
+        return ctx - prompt_tokens
+    if prompt_tokens + max_new_tokens > ctx:
+        raise ContextLengthExceededError(
+            f"this model's maximum context length is {ctx} tokens, but {prompt_tokens + max_new_tokens} "
+            f"were requested ({prompt_tokens} in the prompt, {max_new_tokens} for max_tokens)",
+            param="max_tokens",
+        )
+    return max_new_tokens
 
 
 @runtime_checkable

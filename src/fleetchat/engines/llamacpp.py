@@ -21,9 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from fleetchat.engines.base import EngineHealth, EngineSettings
+from fleetchat.engines.base import EngineHealth, EngineSettings, check_context_length
 from fleetchat.errors import (
-    ContextLengthExceededError,
     EngineError,
     InvalidParameterError,
     ModelLoadError,
@@ -141,14 +140,7 @@ class LlamaCppEngine:
         else:
             ids = list(request.prompt_token_ids or [])
             text = self._decode(ids)
-        ctx = self.info.context_length
-        room = ctx - len(ids)
-        if room < 1 or (p.max_new_tokens is not None and p.max_new_tokens > room):
-            raise ContextLengthExceededError(
-                f"the prompt has {len(ids)} tokens and max_new_tokens is {p.max_new_tokens}; "
-                f"the model's context length is {ctx} tokens",
-                param="messages",
-            )
+        room = check_context_length(len(ids), p.max_new_tokens, self.info.context_length)
         if p.max_new_tokens is None:
             p = p.model_copy(update={"max_new_tokens": room})
         return ids, text, p

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fleetchat.engines.base import EngineHealth, EngineSettings
+from fleetchat.engines.base import EngineHealth, EngineSettings, check_context_length
 from fleetchat.errors import ContextLengthExceededError, EngineError, ModelLoadError
 from fleetchat.protocol.generation import (
     GenerateRequest,
@@ -108,14 +108,7 @@ class VllmEngine:
             ids = self.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
         else:
             ids = list(request.prompt_token_ids or [])
-        ctx = self.info.context_length
-        room = ctx - len(ids)
-        if room < 1 or (p.max_new_tokens is not None and p.max_new_tokens > room):
-            raise ContextLengthExceededError(
-                f"the prompt has {len(ids)} tokens and max_new_tokens is {p.max_new_tokens}; "
-                f"the model's context length is {ctx} tokens",
-                param="messages",
-            )
+        room = check_context_length(len(ids), p.max_new_tokens, self.info.context_length)
         if p.max_new_tokens is None:
             p = p.model_copy(update={"max_new_tokens": room})
         return list(ids), p
