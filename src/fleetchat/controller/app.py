@@ -89,10 +89,21 @@ class ControllerState:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def probe(self, address: str) -> None:
-        """Ask one worker for its status and record the outcome (never drops it)."""
+    async def probe(self, address: str, *, attempts: int = 1) -> None:
+        """Ask one worker for its status and record the outcome (never drops it).
+
+        ``attempts`` > 1 retries a refused connection with a short backoff: a worker registers from
+        its start-up, possibly a moment before its socket accepts connections.
+        """
         try:
-            r = await self.http.post(address + "/worker_get_status", timeout=self.settings.probe_timeout)
+            for attempt in range(attempts):
+                try:
+                    r = await self.http.post(address + "/worker_get_status", timeout=self.settings.probe_timeout)
+                    break
+                except httpx.ConnectError:
+                    if attempt == attempts - 1:
+                        raise
+                    await asyncio.sleep(0.2 * 2**attempt)
             r.raise_for_status()
             status = r.json()
             if not isinstance(status, dict) or "model_names" not in status:
@@ -166,7 +177,7 @@ def create_app(
         if status is None:
             # FastChat semantics: no status given -> ask the worker for it.
             state.table = registry.register(state.table, address, [], state.clock(), check_heart_beat=body.check_heart_beat)
-            await state.probe(address)
+            await state.probe(address, attempts=3)
             if address in state.table and not state.table[address].model_names:
                 state.table = registry.remove(state.table, address)
                 log.warning("registration of %s refused: its status could not be read", address)
@@ -182,7 +193,7 @@ def create_app(
             multimodal=body.multimodal,
         )
         log.info("registered worker %s serving %s", address, ", ".join(status.model_names))
-        state.spawn(state.probe(address))
+        state.spawn(state.probe(address, attempts=6))
         return None
 
     @app.post("/receive_heart_beat")

@@ -230,7 +230,7 @@ class LlamaRunner:
         dev = self.device
         n_dec = len(decode)
         n_pre = sum(len(ids) for _, ids, _, _ in prefill)
-        d_pad = _round_up(n_dec, _DECODE_TILE)
+        d_pad = n_dec  # decode rows need no padding: see the note above
         p_pad = _round_up(n_pre, _PREFILL_TILE)
         total = d_pad + p_pad
         segments = [(0, d_pad, _DECODE_TILE), (d_pad, total, _PREFILL_TILE)]
@@ -321,7 +321,6 @@ class LlamaRunner:
                 rows.append(offset - 1)
         if not rows:
             return torch.empty(0, 0)
-        rows += [rows[-1]] * (_round_up(len(rows), _DECODE_TILE) - len(rows))
         h = self._norm(x[torch.tensor(rows, device=dev)], self.final_norm)
         n_rows = n_dec + sum(1 for *_, wants in prefill if wants)
         return self._tiled(self.lm_head, h, [(0, len(rows), _DECODE_TILE)])[:n_rows].float()
