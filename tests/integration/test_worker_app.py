@@ -224,6 +224,22 @@ async def test_client_disconnect_aborts_the_generation(path):
         assert state.admission.queue_length == 0  # the slot was given back
 
 
+async def test_client_leaving_before_the_first_chunk_aborts_the_generation():
+    engine = FakeEngine("fake-model", token_delay=6.0, reply_tokens=5)  # 6 s until the first token
+    _, app = worker(engine)
+    state = app.state.worker
+    async with serve(app) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=0.3) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                await c.post("/v1/generate", json={"prompt": "x", "params": {"max_new_tokens": 5}})
+        for _ in range(30):  # within 1.5 s: long before the first token would have come
+            if engine.aborted and state.admission.queue_length == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert len(engine.aborted) == 1 and engine.finished == []
+        assert state.admission.queue_length == 0
+
+
 # ------------------------------------------------------------------ registration
 
 

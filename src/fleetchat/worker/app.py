@@ -12,6 +12,7 @@ disconnect closes the engine iterator, which aborts the request.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -118,6 +119,24 @@ class WorkerState:
             max_queue=self.admission.max_queue,
             detail="; ".join(h.detail for h in healths if h.detail),
         )
+
+
+async def _first_chunk(chunks: AsyncIterator[Any], request: Request) -> Any:
+    """The stream's first chunk; a client that leaves while it waits (queued, prefilling) aborts it.
+
+    Until the response starts nothing reads the connection, so a disconnect would otherwise go
+    unnoticed until the first token; here it is polled while the engine works on the request.
+    """
+    task = asyncio.ensure_future(anext(chunks))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise asyncio.CancelledError("client disconnected before the first chunk")
 
 
 def create_app(
@@ -283,7 +302,7 @@ def create_app(
         chunks = engine.generate(body)  # type: ignore[union-attr]
         try:
             # Errors before the first chunk (context length, overload in the engine ...) are HTTP errors.
-            first = await anext(chunks)
+            first = await _first_chunk(chunks, request)
         except StopAsyncIteration:
             state.admission.release()
             raise EngineError("the engine produced no output") from None

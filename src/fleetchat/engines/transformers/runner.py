@@ -150,6 +150,9 @@ class LlamaRunner:
                 )
             )
         self.intermediate = model.model.layers[0].mlp.gate_proj.out_features
+        # packed oneDNN linears give a row the same result in any call of up to _DECODE_TILE rows
+        linears = [self.lm_head] + [m for layer in self.layers for m in layer[1:3] + layer[4:]]
+        self.unpadded_decode = all(isinstance(m, _DenseLinear) and m.packed is not None for m in linears)
         # cos/sin tables for every position, computed by the model's own rotary module (any rope type)
         positions = torch.arange(context_length, device=self.device)[None]
         probe = torch.zeros(1, dtype=self.dtype, device=self.device)
@@ -216,21 +219,36 @@ class LlamaRunner:
         outs = [fn(x[i : i + tile]) for start, end, tile in segments for i in range(start, end, tile)]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
+    def _decode_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Decode attention: ``q [b, hkv, group, d]`` over ``k, v [b, hkv, span, d]``, one plain matmul each.
+
+        A row's result does not depend on the span nor on the batch: masked keys weigh exactly zero,
+        and the CPU batched matmul for these shapes (a few query rows per sequence) was measured to
+        give bit-identical rows for any span (64 .. 8192 positions, zero-weighted tails) and any
+        batch size, so the per-block sum of :meth:`_attend` is not needed here (it cost twice the
+        time of one matmul at 300 positions).
+        """
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(self.scale).add_(mask)
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
     @torch.inference_mode()
     def run(self, decode: list[DecodeItem], prefill: list[PrefillItem]) -> torch.Tensor:
         """One step. Rows are laid out ``[decode rows | pad | prefill rows | pad]``.
 
-        Batch invariance: a CPU bf16 matmul's result for a row depends on how many rows the call
+        Batch invariance: a CPU bf16 matmul's result for a row can depend on how many rows the call
         has and where the row sits in it (tail rows take other kernels). So every linear layer runs
         on fixed-size tiles — decode rows in tiles of ``_DECODE_TILE``, prompt rows in tiles of
-        ``_PREFILL_TILE``, zero rows padding the last tile — where a row's result was measured not
-        to depend on its position. Together with :meth:`_attend` this makes a request's logits
-        bit-identical whatever else shares the step, so greedy output alone == inside a batch.
+        ``_PREFILL_TILE`` — where a row's result was measured not to depend on its position.
+        oneDNN's packed bf16 linear gives a row the same result in any call of 1 .. 32 rows, so
+        with packed weights decode rows are not padded (one stream pays for one row, not 32);
+        other kernels (int8, unpacked) get zero rows padding the last tile. Together with
+        :meth:`_attend` and :meth:`_decode_attend` this makes a request's logits bit-identical
+        whatever else shares the step, so greedy output alone == inside a batch.
         """
         dev = self.device
         n_dec = len(decode)
         n_pre = sum(len(ids) for _, ids, _, _ in prefill)
-        d_pad = n_dec  # decode rows need no padding: see the note above
+        d_pad = n_dec if self.unpadded_decode else _round_up(n_dec, _DECODE_TILE)
         p_pad = _round_up(n_pre, _PREFILL_TILE)
         total = d_pad + p_pad
         segments = [(0, d_pad, _DECODE_TILE), (d_pad, total, _PREFILL_TILE)]
@@ -246,6 +264,7 @@ class LlamaRunner:
         cos, sin = self.cos[pos_t][:, None, :], self.sin[pos_t][:, None, :]
         x = self.embed(torch.tensor(tokens, device=dev))
 
+        hq, hkv, group, hd = self.hq, self.hkv, self.group, self.head_dim
         if n_dec:
             hi = self.cache.used
             dec_slots = torch.tensor([s for s, _, _ in decode], device=dev)
@@ -253,11 +272,13 @@ class LlamaRunner:
             compact = n_dec == hi and all(s == i for i, (s, _, _) in enumerate(decode))
             lengths = torch.ones(hi, dtype=torch.long, device=dev)
             lengths[dec_slots] = dec_pos + 1
-            span = self._span(int(max(p for _, _, p in decode)) + 1)
-            dec_mask = torch.zeros(hi, 1, 1, span, dtype=self.dtype, device=dev)
+            dec_span = self._span(int(max(p for _, _, p in decode)) + 1)
+            dec_mask = torch.zeros(hi, 1, 1, dec_span, dtype=self.dtype, device=dev)
             dec_mask.masked_fill_(
-                torch.arange(span, device=dev) >= lengths[:, None, None, None], float("-inf")
+                torch.arange(dec_span, device=dev) >= lengths[:, None, None, None], float("-inf")
             )
+            # rows of slots that do not decode this step (prefilling) are computed and thrown away
+            qd = None if compact else torch.zeros(hi, hq, hd, dtype=x.dtype, device=dev)
         pre_masks = []
         for _, ids, start, _ in prefill:
             end = start + len(ids)
@@ -268,10 +289,12 @@ class LlamaRunner:
             )
             pre_masks.append(mask.repeat(self.group, 1)[None, None])  # rows ordered (group, position)
 
-        kv_dim = self.hkv * self.head_dim
-        q_dim = self.hq * self.head_dim
-        hq, hkv, group, hd = self.hq, self.hkv, self.group, self.head_dim
-        out = torch.zeros(total, hq, hd, dtype=x.dtype, device=dev)  # pad rows stay zero; real rows rewritten
+        kv_dim = hkv * hd
+        q_dim = hq * hd
+        # a decode-only step whose slots are compact writes attention straight into o_proj's input
+        direct = n_dec and compact and not prefill and d_pad == n_dec
+        if not direct:  # pad rows stay zero; real rows rewritten each layer
+            out = torch.zeros(total, hq, hd, dtype=x.dtype, device=dev)
         for li, (w_in, qkv_proj, o_proj, w_post, gate_up, down) in enumerate(self.layers):
             kc, vc = self.cache.k[li], self.cache.v[li]
             qkv = self._tiled(qkv_proj, self._norm(x, w_in), segments)
@@ -282,14 +305,18 @@ class LlamaRunner:
                 kc[dec_slots, :, dec_pos] = k[:n_dec]
                 vc[dec_slots, :, dec_pos] = v[:n_dec]
                 if compact:
-                    qd = q[:n_dec]
+                    qd_l = q[:n_dec]
                 else:
-                    qd = torch.zeros(hi, hq, hd, dtype=x.dtype, device=dev)
-                    qd[dec_slots] = q[:n_dec]
-                span = dec_mask.shape[-1]
-                od = self._attend(qd.view(hi, hkv, group, hd), kc[:hi, :, :span], vc[:hi, :, :span], dec_mask)
-                od = od.view(hi, hq, hd)
-                out[:n_dec] = od if compact else od[dec_slots]
+                    qd_l = qd
+                    qd_l[dec_slots] = q[:n_dec]
+                od = self._decode_attend(
+                    qd_l.reshape(hi, hkv, group, hd), kc[:hi, :, :dec_span], vc[:hi, :, :dec_span], dec_mask
+                )
+                if direct:
+                    attn = od.view(n_dec, q_dim)
+                else:
+                    od = od.view(hi, hq, hd)
+                    out[:n_dec] = od if compact else od[dec_slots]
             offset = d_pad
             for (slot, ids, start, _), mask in zip(prefill, pre_masks, strict=False):
                 n = len(ids)
@@ -307,7 +334,9 @@ class LlamaRunner:
                 op = self._attend(qp, kc[slot : slot + 1, :, :span], vc[slot : slot + 1, :, :span], mask)
                 out[offset : offset + n] = op.view(hkv, group, n, hd).permute(2, 0, 1, 3).reshape(n, hq, hd)
                 offset += n
-            x = x + self._tiled(o_proj, out.view(total, q_dim), segments)
+            if not direct:
+                attn = out.view(total, q_dim)
+            x = x + self._tiled(o_proj, attn, segments)
             gu = self._tiled(gate_up, self._norm(x, w_post), segments)
             x = x + self._tiled(
                 down, F.silu(gu[:, : self.intermediate]) * gu[:, self.intermediate :], segments
@@ -321,7 +350,10 @@ class LlamaRunner:
                 rows.append(offset - 1)
         if not rows:
             return torch.empty(0, 0)
-        h = self._norm(x[torch.tensor(rows, device=dev)], self.final_norm)
+        if not self.unpadded_decode:
+            rows += [rows[-1]] * (_round_up(len(rows), _DECODE_TILE) - len(rows))
+        h = x if rows == list(range(total)) else x[torch.tensor(rows, device=dev)]
+        h = self._norm(h, self.final_norm)
         n_rows = n_dec + sum(1 for *_, wants in prefill if wants)
         return self._tiled(self.lm_head, h, [(0, len(rows), _DECODE_TILE)])[:n_rows].float()
 
