@@ -17,6 +17,7 @@ from fleetchat.conversation import (
     list_chat_templates,
     template_tokenizer,
 )
+from fleetchat.conversation.template import template_from_fastchat_dict
 from fleetchat.errors import InvalidParameterError
 from fleetchat.protocol.generation import ChatMessage
 
@@ -212,3 +213,39 @@ def test_source_template_renders_like_transformers(smol_tokenizer) -> None:
     t = get_chat_template(shim)
     assert t.render(LONG_CONV) == get_chat_template(smol_tokenizer).render(LONG_CONV)
     assert 2 in t.stop_token_ids
+
+
+ROUND_TRIP_CHATS = [
+    [ChatMessage(role="user", content="What is the capital of France?")],
+    [ChatMessage(role="system", content="Be brief."), *CONV],
+    CONV,
+]
+
+
+@pytest.mark.parametrize("name", list_chat_templates())
+def test_template_from_fastchat_dict_round_trips(name: str) -> None:
+    """What a FastChat worker's /worker_get_conv_template sends back renders as the template itself."""
+    ours = get_chat_template(name=name, system_message="Sys.")
+    d = json.loads(json.dumps(ours.to_fastchat_dict()))  # over the wire, as the API receives it
+    back = template_from_fastchat_dict(d)
+    for chat in ROUND_TRIP_CHATS:
+        for add_generation_prompt in (True, False):
+            assert back.render(chat, add_generation_prompt) == ours.render(chat, add_generation_prompt)
+    assert back.stop == ours.stop and back.stop_token_ids == ours.stop_token_ids
+    assert back.to_fastchat_dict() == d
+
+
+def test_template_from_fastchat_dict_reads_fschat_0_2_36_numbers_and_refuses_unknown_styles() -> None:
+    # a dict as fschat 0.2.36's own worker sends it: stop_str a plain string, no system_message_vision
+    d = {"name": "dolly_v2", "system_template": "{system_message}", "system_message": "S", "roles": ["a", "b"],
+         "messages": [], "offset": 0, "sep_style": 11, "sep": "\n\n", "sep2": "### End", "stop_str": None,
+         "stop_token_ids": None}
+    with pytest.raises(InvalidParameterError, match="DOLLY"):
+        template_from_fastchat_dict(d)
+    one = template_from_fastchat_dict({**d, "name": "x", "sep_style": 1, "sep": "\n### ", "stop_str": "###",
+                                       "messages": [["a", "Q?"], ["b", "A."]], "offset": 2})
+    assert one.render([ChatMessage(role="user", content="Hi")]) == "S\n### a: Q?\n### b: A.\n### a: Hi\n### b:"
+    assert one.stop == ("###",) and one.stop_token_ids == ()
+    # an empty system_template leaves the system message out, as FastChat does (its "yuan" template)
+    quiet = template_from_fastchat_dict({**d, "system_template": "", "sep_style": 4, "sep": "<sep>"})
+    assert quiet.render([ChatMessage(role="user", content="Hi")]) == "aHi<sep>b"

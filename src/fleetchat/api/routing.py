@@ -12,6 +12,10 @@ A generation goes to ``POST {worker}/v1/generate`` and comes back as ndjson
 of the same model, excluding those that failed, up to ``retries`` more times. After the first chunk an
 error is raised to the caller, which turns it into an SSE error event. Closing the iterator closes
 the upstream HTTP stream, which makes the worker abort the generation.
+
+A worker without ``/v1/generate`` (a FastChat worker: its 404 is "no such route", not our "no such
+model") is remembered as one and served through :class:`~fleetchat.api.fastchat_upstream.FastChatUpstream`
+from then on, behind the same retry loop.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
+from fleetchat.api.fastchat_upstream import FastChatUpstream, speaks_fastchat
 from fleetchat.api.upstream import StreamingClient, UpstreamError
 from fleetchat.errors import (
     FleetchatError,
@@ -96,6 +101,8 @@ class WorkerRouter:
         self._clock = clock
         self._models: list[str] = []
         self._models_at = float("-inf")
+        self.fastchat = FastChatUpstream(http, self.streams)
+        self._fastchat_workers: dict[str, bool] = {}  # address -> speaks FastChat's protocol only
 
     # ------------------------------------------------------------------ models
 
@@ -149,47 +156,21 @@ class WorkerRouter:
             if not address:
                 break
             started = False
-            resp = None
+            stream = self._stream(address, request, body)
             try:
-                resp = await self.streams.post(address + "/v1/generate", body)
-                if resp.status != 200:
-                    raise _error_from_bytes(resp.status, await resp.read(), address)
-                buffer = b""
-                async for data in resp.iter_raw():
-                    buffer += data
-                    if b"\n" not in buffer:
-                        continue
-                    *lines, buffer = buffer.split(b"\n")
-                    batch = []
-                    for line in lines:
-                        if not line.strip():
-                            continue
-                        chunk = orjson.loads(line)
-                        if "error" in chunk:
-                            if batch:
-                                started = True
-                                yield batch
-                            raise error_from_body(500, chunk)
-                        batch.append(chunk)
-                    if batch:
-                        started = True
-                        yield batch
-                if buffer.strip():
-                    chunk = orjson.loads(buffer)
-                    if "error" in chunk:
-                        raise error_from_body(500, chunk)
+                async for batch in stream:
                     started = True
-                    yield [chunk]
+                    yield batch
                 return
             except UpstreamError as exc:
+                self._forget(address)
                 err: FleetchatError = WorkerError(f"worker {address} failed: {exc}")
             except orjson.JSONDecodeError as exc:
                 err = WorkerError(f"worker {address} sent a malformed line: {exc}")
             except FleetchatError as exc:
                 err = exc
             finally:
-                if resp is not None:
-                    resp.close()  # before its end: closes the connection, so the worker aborts
+                await stream.aclose()  # before its end: closes the connection, so the worker aborts
             if started or not _retryable(err):
                 raise err
             failed.append(address)
@@ -197,6 +178,55 @@ class WorkerRouter:
         if last is not None:
             raise last
         raise await self._no_worker(model)
+
+    async def _stream(self, address: str, request: GenerateRequest, body: bytes) -> AsyncIterator[list[dict[str, Any]]]:
+        """One worker's chunks: fleetchat's typed ``/v1/generate``, or FastChat's protocol for a worker
+        that has no such route (learnt from its first 404 and remembered per address)."""
+        if self._fastchat_workers.get(address):
+            async for batch in self.fastchat.generate(address, request):
+                yield batch
+            return
+        resp = await self.streams.post(address + "/v1/generate", body)
+        try:
+            if resp.status != 200:
+                raw = await resp.read()
+                if speaks_fastchat(resp.status, raw):
+                    self._fastchat_workers[address] = True
+                    async for batch in self.fastchat.generate(address, request):
+                        yield batch
+                    return
+                raise _error_from_bytes(resp.status, raw, address)
+            self._fastchat_workers[address] = False
+            buffer = b""
+            async for data in resp.iter_raw():
+                buffer += data
+                if b"\n" not in buffer:
+                    continue
+                *lines, buffer = buffer.split(b"\n")
+                batch = []
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    chunk = orjson.loads(line)
+                    if "error" in chunk:
+                        if batch:
+                            yield batch
+                        raise error_from_body(500, chunk)
+                    batch.append(chunk)
+                if batch:
+                    yield batch
+            if buffer.strip():
+                chunk = orjson.loads(buffer)
+                if "error" in chunk:
+                    raise error_from_body(500, chunk)
+                yield [chunk]
+        finally:
+            resp.close()
+
+    def _forget(self, address: str) -> None:
+        # whatever answers at a failed address next (a restarted worker) may speak the other protocol
+        self._fastchat_workers.pop(address, None)
+        self.fastchat.forget(address)
 
     # ------------------------------------------------------------------ embeddings
 
@@ -209,11 +239,19 @@ class WorkerRouter:
             if not address:
                 break
             try:
+                if self._fastchat_workers.get(address):
+                    return await self.fastchat.embed(address, model, texts)
                 resp = await self.http.post(address + "/v1/embeddings", json={"model": model, "input": texts})
                 if resp.status_code == 200:
                     return orjson.loads(resp.content)
+                if speaks_fastchat(resp.status_code, resp.content):
+                    self._fastchat_workers[address] = True
+                    return await self.fastchat.embed(address, model, texts)
                 err = await _error_from_response(resp, address)
+            except FleetchatError as exc:
+                err = exc
             except httpx.TransportError as exc:
+                self._forget(address)
                 err = WorkerError(f"worker {address} failed: {type(exc).__name__}: {exc or 'connection closed'}")
             except orjson.JSONDecodeError as exc:
                 err = WorkerError(f"worker {address} sent malformed JSON: {exc}")

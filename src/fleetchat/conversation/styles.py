@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 Turn = tuple[int, str | None]
 
 # fschat 0.2.36 (the release users install) numbers its styles 1..19 in this order.
-_FSCHAT_0_2_36 = (
+FSCHAT_0_2_36_STYLES = (
     "ADD_COLON_SINGLE ADD_COLON_TWO ADD_COLON_SPACE_SINGLE NO_COLON_SINGLE NO_COLON_TWO "
     "ADD_NEW_LINE_SINGLE LLAMA2 CHATGLM CHATML CHATINTERN DOLLY RWKV PHOENIX ROBIN FALCON_CHAT "
     "CHATGLM3 DEEPSEEK_CHAT METAMATH YUAN2"
@@ -181,6 +181,6 @@ def render_turns(t: TemplateRecord, system_message: str, turns: Sequence[Turn]) 
 def fastchat_wire_value(style: SeparatorStyle) -> int:
     """The ``sep_style`` integer FastChat 0.2.36 clients read; main-branch numbers for newer styles."""
     try:
-        return _FSCHAT_0_2_36.index(style.name) + 1
+        return FSCHAT_0_2_36_STYLES.index(style.name) + 1
     except ValueError:
         return int(style)

@@ -20,7 +20,15 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from fleetchat.conversation.registry import TEMPLATES, TemplateRecord
-from fleetchat.conversation.styles import SeparatorStyle, Turn, fastchat_wire_value, render_turns
+from fleetchat.conversation.styles import (
+    FSCHAT_0_2_36_STYLES,
+    RENDERERS,
+    SYSTEM_AWARE_RENDERERS,
+    SeparatorStyle,
+    Turn,
+    fastchat_wire_value,
+    render_turns,
+)
 from fleetchat.errors import InvalidParameterError
 from fleetchat.protocol.generation import ChatMessage
 
@@ -199,6 +207,59 @@ class JinjaChatTemplate:
 
     def __repr__(self) -> str:
         return f"JinjaChatTemplate({self.name!r})"
+
+
+def _style_from_wire(value: int, system_template: str) -> SeparatorStyle:
+    """Inverse of :func:`fastchat_wire_value`: fschat 0.2.36 numbers 1..19, main-branch numbers above."""
+    if 1 <= value <= len(FSCHAT_0_2_36_STYLES):
+        style = SeparatorStyle[FSCHAT_0_2_36_STYLES[value - 1]]
+        # 0.2.36 has no LLAMA3; fleetchat exports it with the main-branch number, 8 (0.2.36's CHATGLM)
+        if style is SeparatorStyle.CHATGLM and "<|start_header_id|>" in system_template:
+            return SeparatorStyle.LLAMA3
+        return style
+    try:
+        return SeparatorStyle(value)
+    except ValueError:
+        raise InvalidParameterError(f"unknown FastChat sep_style {value}", param="conv_template") from None
+
+
+def template_from_fastchat_dict(d: dict[str, Any]) -> NamedChatTemplate:
+    """A template from FastChat's ``Conversation`` JSON (a FastChat worker's ``/worker_get_conv_template``).
+
+    Renders exactly as FastChat's ``Conversation.get_prompt`` for the same chat: the conversation's
+    ``messages`` become the few-shot turns, ``stop_str`` and ``stop_token_ids`` the stops.
+    InvalidParameterError for a separator style fleetchat has no renderer for (CHATINTERN, DOLLY, ...).
+    """
+    try:
+        system_template = d.get("system_template")
+        system_template = "{system_message}" if system_template is None else str(system_template)
+        style = _style_from_wire(int(d["sep_style"]), system_template)
+        roles = (str(d["roles"][0]), str(d["roles"][1]))
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"not a FastChat conversation template: {exc!r}", param="conv_template") from None
+    if style not in RENDERERS and style not in SYSTEM_AWARE_RENDERERS:
+        raise InvalidParameterError(
+            f"FastChat template {d.get('name')!r} uses separator style {style.name}, which fleetchat "
+            "cannot render", param="conv_template",
+        )
+    few_shot = tuple(
+        (roles.index(role) if role in roles else i % 2, text) for i, (role, text) in enumerate(d.get("messages") or [])
+    )
+    stop = d.get("stop_str")
+    record = TemplateRecord(
+        name=str(d.get("name") or "fastchat"),
+        roles=roles,
+        sep_style=style,
+        sep=d.get("sep") if d.get("sep") is not None else "\n",
+        sep2=d.get("sep2"),
+        system_template=system_template,
+        system_message=str(d.get("system_message") or ""),
+        few_shot=few_shot,
+        stop_str=_unique([stop] if isinstance(stop, str) else stop or ()),
+        stop_token_ids=_unique(int(t) for t in d.get("stop_token_ids") or ()),
+        description="from a FastChat worker's conversation template",
+    )
+    return NamedChatTemplate(record)
 
 
 def list_chat_templates() -> list[str]:
