@@ -93,6 +93,28 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | Non
     return packed
 
 
+def _rows_independent(linear: nn.Module) -> bool:
+    """Whether ``linear`` gives a row the same bits in any call of 1 .. ``_DECODE_TILE`` rows.
+
+    Measured, not assumed: kernels pick code paths by row count, and that differs between CPUs
+    and between packed oneDNN, int8 and plain ``F.linear``. Only packed dense layers are probed.
+    """
+    if not isinstance(linear, _DenseLinear) or linear.packed is None:
+        return False
+    gen = torch.Generator().manual_seed(0)
+    n, k = linear.packed.shape
+    x = torch.randn(_DECODE_TILE + 8, k, generator=gen).to(linear.packed.dtype)
+    full = linear(x[:_DECODE_TILE])
+    for start, rows in ((0, 1), (0, 3), (0, 17), (5, 1), (8, _DECODE_TILE)):  # sizes and offsets
+        got = linear(x[start : start + rows])
+        want = full[start : start + rows] if start + rows <= _DECODE_TILE else None
+        if want is None:  # the shifted full tile: compare the overlap
+            want, got = full[start:], got[: _DECODE_TILE - start]
+        if not torch.equal(got, want):
+            return False
+    return True
+
+
 def _fuse(parts: list[nn.Module]) -> nn.Module:
     from fleetchat.engines.transformers.quantization import Int8Linear
 
@@ -150,9 +172,10 @@ class LlamaRunner:
                 )
             )
         self.intermediate = model.model.layers[0].mlp.gate_proj.out_features
-        # packed oneDNN linears give a row the same result in any call of up to _DECODE_TILE rows
-        linears = [self.lm_head] + [m for layer in self.layers for m in layer[1:3] + layer[4:]]
-        self.unpadded_decode = all(isinstance(m, _DenseLinear) and m.packed is not None for m in linears)
+        # decode rows go unpadded where every linear gives a row the same result in any call of up
+        # to _DECODE_TILE rows (oneDNN's packed bf16 kernels on this CPU); one layer shows the kinds
+        first = self.layers[0]
+        self.unpadded_decode = all(_rows_independent(m) for m in (self.lm_head, *first[1:3], *first[4:]))
         # cos/sin tables for every position, computed by the model's own rotary module (any rope type)
         positions = torch.arange(context_length, device=self.device)[None]
         probe = torch.zeros(1, dtype=self.dtype, device=self.device)
@@ -182,6 +205,20 @@ class LlamaRunner:
         # fused kernel: accumulates in float32 and rounds once, as Hugging Face's LlamaRMSNorm does
         return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * weight
 
+    def _rope_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin rows ``[rows, hq + hkv, d]`` for rotating q and k heads together, once per step.
+
+        The attention scale is folded into the query heads' rows, saving a pass over the scores
+        in every layer; for a power-of-two scale (head_dim 64, 256, ...) that is bit-exact.
+        """
+        out = []
+        for table in (self.cos, self.sin):
+            rows = table[positions][:, None, :]
+            out.append(
+                torch.cat((rows.mul(self.scale).expand(-1, self.hq, -1), rows.expand(-1, self.hkv, -1)), 1)
+            )
+        return out[0], out[1]
+
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # rotate_half(x) * sin == roll(x, half) * [-sin_lo, sin_hi]; the sign is folded into the table
         return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin
@@ -196,7 +233,7 @@ class LlamaRunner:
         and chunked prefill identical to whole prefill.
         """
         b, h, rows, d = q.shape
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(self.scale).add_(mask)
+        scores = torch.matmul(q, k.transpose(-1, -2)).add_(mask)  # q carries the 1/sqrt(d) scale
         probs = torch.softmax(scores, dim=-1)  # bf16 in and out, float32 inside (exact zeros where masked)
         blocks = k.shape[2] // _BLOCK
         probs = probs.view(b, h, rows, blocks, _BLOCK).transpose(2, 3)
@@ -216,10 +253,14 @@ class LlamaRunner:
 
     def _tiled(self, fn: Any, x: torch.Tensor, segments: list[tuple[int, int, int]]) -> torch.Tensor:
         """``fn(x)`` computed tile by tile (see the note on batch invariance in :meth:`run`)."""
-        outs = [fn(x[i : i + tile]) for start, end, tile in segments for i in range(start, end, tile)]
+        outs = [
+            fn(x[i : min(i + tile, end)]) for start, end, tile in segments for i in range(start, end, tile)
+        ]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def _decode_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _decode_attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """Decode attention: ``q [b, hkv, group, d]`` over ``k, v [b, hkv, span, d]``, one plain matmul each.
 
         A row's result does not depend on the span nor on the batch: masked keys weigh exactly zero,
@@ -228,7 +269,7 @@ class LlamaRunner:
         batch size, so the per-block sum of :meth:`_attend` is not needed here (it cost twice the
         time of one matmul at 300 positions).
         """
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(self.scale).add_(mask)
+        scores = torch.matmul(q, k.transpose(-1, -2)).add_(mask)  # q carries the 1/sqrt(d) scale
         return torch.matmul(torch.softmax(scores, dim=-1), v)
 
     @torch.inference_mode()
@@ -261,7 +302,7 @@ class LlamaRunner:
         positions += [0] * (p_pad - n_pre)
         self.cache.ensure_capacity(max(positions) + 1)
         pos_t = torch.tensor(positions, device=dev)
-        cos, sin = self.cos[pos_t][:, None, :], self.sin[pos_t][:, None, :]
+        cos, sin = self._rope_tables(pos_t)
         x = self.embed(torch.tensor(tokens, device=dev))
 
         hq, hkv, group, hd = self.hq, self.hkv, self.group, self.head_dim
@@ -269,6 +310,11 @@ class LlamaRunner:
             hi = self.cache.used
             dec_slots = torch.tensor([s for s, _, _ in decode], device=dev)
             dec_pos = pos_t[:n_dec]
+            # row of (slot, kv head, position) in a layer's cache viewed as [slots * hkv * capacity, d]
+            cap = self.cache.capacity
+            dec_rows = (
+                (dec_slots[:, None] * hkv + torch.arange(hkv, device=dev)) * cap + dec_pos[:, None]
+            ).view(-1)
             compact = n_dec == hi and all(s == i for i, (s, _, _) in enumerate(decode))
             lengths = torch.ones(hi, dtype=torch.long, device=dev)
             lengths[dec_slots] = dec_pos + 1
@@ -302,8 +348,8 @@ class LlamaRunner:
             q, k = qk[:, :hq], qk[:, hq:]
             v = qkv[:, q_dim + kv_dim :].view(total, hkv, hd)
             if n_dec:
-                kc[dec_slots, :, dec_pos] = k[:n_dec]
-                vc[dec_slots, :, dec_pos] = v[:n_dec]
+                kc.view(-1, hd).index_copy_(0, dec_rows, k[:n_dec].reshape(-1, hd))
+                vc.view(-1, hd).index_copy_(0, dec_rows, v[:n_dec].reshape(-1, hd))
                 if compact:
                     qd_l = q[:n_dec]
                 else:
@@ -336,10 +382,12 @@ class LlamaRunner:
                 offset += n
             if not direct:
                 attn = out.view(total, q_dim)
-            x = x + self._tiled(o_proj, attn, segments)
+            x.add_(self._tiled(o_proj, attn, segments))
             gu = self._tiled(gate_up, self._norm(x, w_post), segments)
-            x = x + self._tiled(
-                down, F.silu(gu[:, : self.intermediate]) * gu[:, self.intermediate :], segments
+            x.add_(
+                self._tiled(
+                    down, F.silu(gu[:, : self.intermediate]).mul_(gu[:, self.intermediate :]), segments
+                )
             )
 
         rows = list(range(n_dec))
