@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fleetchat.engines.base import EngineHealth, EngineSettings
+from fleetchat.engines.base import EngineHealth, EngineSettings, check_context_length
 from fleetchat.engines.detokenizer import IncrementalDetokenizer, fast_decoder
 from fleetchat.engines.stops import StopMatcher
 from fleetchat.engines.transformers.loader import LoadedModel
@@ -33,7 +33,6 @@ from fleetchat.engines.transformers.sampler import TokenChoice, sample
 from fleetchat.engines.transformers.scheduler import Scheduler, StepPlan
 from fleetchat.engines.transformers.sequence import Sequence
 from fleetchat.errors import (
-    ContextLengthExceededError,
     EngineError,
     FleetchatError,
     InvalidParameterError,
@@ -150,7 +149,7 @@ class TransformersEngine:
             raise EngineError("the engine is closed")
         loop = asyncio.get_running_loop()
         prompt_ids, prompt_text, stops, stop_ids = self._prepare(request)
-        max_new = self._check_context(len(prompt_ids), request.params.max_new_tokens)
+        max_new = check_context_length(len(prompt_ids), request.params.max_new_tokens, self.context_length)
         if self.health().waiting >= self.settings.max_waiting:
             raise OverloadedError(
                 f"{self.info.name} is overloaded: {self.settings.max_waiting} requests are already waiting; retry later"
@@ -218,24 +217,6 @@ class TransformersEngine:
         if not params.ignore_eos:
             stop_ids |= self.eos_ids
         return list(ids), text, stops, frozenset(stop_ids)
-
-    def _check_context(self, prompt_tokens: int, max_new_tokens: int | None) -> int:
-        ctx = self.context_length
-        if max_new_tokens is None:
-            if prompt_tokens >= ctx:
-                raise ContextLengthExceededError(
-                    f"this model's maximum context length is {ctx} tokens, but the prompt has {prompt_tokens} "
-                    f"tokens, leaving no room for a reply",
-                    param="messages",
-                )
-            return ctx - prompt_tokens
-        if prompt_tokens + max_new_tokens > ctx:
-            raise ContextLengthExceededError(
-                f"this model's maximum context length is {ctx} tokens, but {prompt_tokens + max_new_tokens} "
-                f"were requested ({prompt_tokens} in the prompt, {max_new_tokens} for max_tokens)",
-                param="max_tokens",
-            )
-        return max_new_tokens
 
     # ---------------------------------------------------------------------------- the engine thread
     def _loop(self) -> None:

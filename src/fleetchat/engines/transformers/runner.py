@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fleetchat.engines.transformers.kv_cache import SlotKVCache
+from fleetchat.engines.transformers.linear import DECODE_TILE, fuse_linears, rows_independent
 
 log = logging.getLogger("fleetchat.engine")
 
@@ -37,92 +38,11 @@ PrefillItem = tuple[int, list[int], int, bool]  # (slot, token ids, start positi
 
 _FAST_TYPES = ("llama", "mistral", "qwen2")
 _BLOCK = 64  # attention sums values per block of this many positions (see LlamaRunner._attend)
-_DECODE_TILE = 32  # rows per linear-layer call for decode tokens (see LlamaRunner.run)
 _PREFILL_TILE = 128  # rows per linear-layer call for prompt tokens
 
 
 def _round_up(n: int, multiple: int = _BLOCK) -> int:
     return -(-n // multiple) * multiple
-
-
-class _DenseLinear(nn.Module):
-    """One or more dense linears over the same input, computed as one matmul (outputs side by side).
-
-    On CPU the weight is pre-packed once into oneDNN's blocked layout: ``F.linear`` re-lays the
-    weight out on every call, and packing measured 20-30 % faster per call here (32-128 rows, bf16),
-    with bit-identical results.
-    """
-
-    def __init__(self, parts: list[nn.Module]) -> None:
-        super().__init__()
-        self.weight = torch.cat([p.weight.detach() for p in parts]).contiguous()
-        biases = [getattr(p, "bias", None) for p in parts]
-        self.bias = None
-        if any(b is not None for b in biases):
-            self.bias = torch.cat(
-                [
-                    b if b is not None else torch.zeros(p.weight.shape[0])
-                    for b, p in zip(biases, parts, strict=True)
-                ]
-            ).to(self.weight.dtype)
-        self.packed = _pack(self.weight, self.bias)
-        if self.packed is not None:
-            self.weight = None  # the packed copy is all forward needs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
-
-
-def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """The oneDNN-packed weight, or None where that is unavailable or disagrees with F.linear."""
-    if weight.device.type != "cpu" or weight.dtype not in (torch.bfloat16, torch.float32):
-        return None
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, _DECODE_TILE)
-        probe = torch.randn(3, weight.shape[1], dtype=weight.dtype)
-        got = torch.ops.mkldnn._linear_pointwise(probe, packed, bias, "none", [], "")
-        want = F.linear(probe, weight, bias)
-        if not torch.allclose(got.float(), want.float(), rtol=1e-2, atol=1e-2):
-            return None
-    except (RuntimeError, AttributeError):
-        return None
-    return packed
-
-
-def _rows_independent(linear: nn.Module) -> bool:
-    """Whether ``linear`` gives a row the same bits in any call of 1 .. ``_DECODE_TILE`` rows.
-
-    Measured, not assumed: kernels pick code paths by row count, and that differs between CPUs
-    and between packed oneDNN, int8 and plain ``F.linear``. Only packed dense layers are probed.
-    """
-    if not isinstance(linear, _DenseLinear) or linear.packed is None:
-        return False
-    gen = torch.Generator().manual_seed(0)
-    n, k = linear.packed.shape
-    x = torch.randn(_DECODE_TILE + 8, k, generator=gen).to(linear.packed.dtype)
-    full = linear(x[:_DECODE_TILE])
-    for start, rows in ((0, 1), (0, 3), (0, 17), (5, 1), (8, _DECODE_TILE)):  # sizes and offsets
-        got = linear(x[start : start + rows])
-        want = full[start : start + rows] if start + rows <= _DECODE_TILE else None
-        if want is None:  # the shifted full tile: compare the overlap
-            want, got = full[start:], got[: _DECODE_TILE - start]
-        if not torch.equal(got, want):
-            return False
-    return True
-
-
-def _fuse(parts: list[nn.Module]) -> nn.Module:
-    from fleetchat.engines.transformers.quantization import Int8Linear
-
-    if all(isinstance(p, Int8Linear) for p in parts):
-        return parts[0] if len(parts) == 1 else Int8Linear.cat(parts)
-    if all(isinstance(p, nn.Linear) for p in parts):
-        return _DenseLinear(parts)
-    raise TypeError("cannot fuse mixed linear kinds")
 
 
 def fast_path_reason(model: Any) -> str | None:
@@ -157,25 +77,25 @@ class LlamaRunner:
         self.eps = cfg.rms_norm_eps
         self.embed = model.model.embed_tokens
         self.final_norm = model.model.norm.weight
-        self.lm_head = _fuse([model.lm_head]) if isinstance(model.lm_head, nn.Linear) else model.lm_head
+        self.lm_head = fuse_linears([model.lm_head]) if isinstance(model.lm_head, nn.Linear) else model.lm_head
         self.layers = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append(
                 (
                     layer.input_layernorm.weight,
-                    _fuse([attn.q_proj, attn.k_proj, attn.v_proj]),
-                    _fuse([attn.o_proj]),
+                    fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj]),
+                    fuse_linears([attn.o_proj]),
                     layer.post_attention_layernorm.weight,
-                    _fuse([mlp.gate_proj, mlp.up_proj]),
-                    _fuse([mlp.down_proj]),
+                    fuse_linears([mlp.gate_proj, mlp.up_proj]),
+                    fuse_linears([mlp.down_proj]),
                 )
             )
         self.intermediate = model.model.layers[0].mlp.gate_proj.out_features
         # decode rows go unpadded where every linear gives a row the same result in any call of up
-        # to _DECODE_TILE rows (oneDNN's packed bf16 kernels on this CPU); one layer shows the kinds
+        # to DECODE_TILE rows (oneDNN's packed bf16 kernels on this CPU); one layer shows the kinds
         first = self.layers[0]
-        self.unpadded_decode = all(_rows_independent(m) for m in (self.lm_head, *first[1:3], *first[4:]))
+        self.unpadded_decode = all(rows_independent(m) for m in (self.lm_head, *first[1:3], *first[4:]))
         # cos/sin tables for every position, computed by the model's own rotary module (any rope type)
         positions = torch.arange(context_length, device=self.device)[None]
         probe = torch.zeros(1, dtype=self.dtype, device=self.device)
@@ -278,7 +198,7 @@ class LlamaRunner:
 
         Batch invariance: a CPU bf16 matmul's result for a row can depend on how many rows the call
         has and where the row sits in it (tail rows take other kernels). So every linear layer runs
-        on fixed-size tiles — decode rows in tiles of ``_DECODE_TILE``, prompt rows in tiles of
+        on fixed-size tiles — decode rows in tiles of ``DECODE_TILE``, prompt rows in tiles of
         ``_PREFILL_TILE`` — where a row's result was measured not to depend on its position.
         oneDNN's packed bf16 linear gives a row the same result in any call of 1 .. 32 rows, so
         with packed weights decode rows are not padded (one stream pays for one row, not 32);
@@ -289,10 +209,10 @@ class LlamaRunner:
         dev = self.device
         n_dec = len(decode)
         n_pre = sum(len(ids) for _, ids, _, _ in prefill)
-        d_pad = n_dec if self.unpadded_decode else _round_up(n_dec, _DECODE_TILE)
+        d_pad = n_dec if self.unpadded_decode else _round_up(n_dec, DECODE_TILE)
         p_pad = _round_up(n_pre, _PREFILL_TILE)
         total = d_pad + p_pad
-        segments = [(0, d_pad, _DECODE_TILE), (d_pad, total, _PREFILL_TILE)]
+        segments = [(0, d_pad, DECODE_TILE), (d_pad, total, _PREFILL_TILE)]
         tokens = [t for _, t, _ in decode] + [0] * (d_pad - n_dec)
         positions = [p for _, _, p in decode] + [0] * (d_pad - n_dec)
         for _, ids, start, _ in prefill:
@@ -399,11 +319,11 @@ class LlamaRunner:
         if not rows:
             return torch.empty(0, 0)
         if not self.unpadded_decode:
-            rows += [rows[-1]] * (_round_up(len(rows), _DECODE_TILE) - len(rows))
+            rows += [rows[-1]] * (_round_up(len(rows), DECODE_TILE) - len(rows))
         h = x if rows == list(range(total)) else x[torch.tensor(rows, device=dev)]
         h = self._norm(h, self.final_norm)
         n_rows = n_dec + sum(1 for *_, wants in prefill if wants)
-        return self._tiled(self.lm_head, h, [(0, len(rows), _DECODE_TILE)])[:n_rows].float()
+        return self._tiled(self.lm_head, h, [(0, len(rows), DECODE_TILE)])[:n_rows].float()
 
 
 class HFRunner:
