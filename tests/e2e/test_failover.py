@@ -1,5 +1,6 @@
 """Two real SmolLM2 workers for one model behind ``fleetchat serve``: load is shared, and killing one
-worker mid-load leaves no request hanging while the model stays served (official ``openai`` client).
+worker mid-load leaves no request hanging while the model stays served (official ``openai`` client);
+serve then restarts the dead worker.
 """
 
 from __future__ import annotations
@@ -84,3 +85,12 @@ def test_two_workers_share_load_and_a_killed_one_leaves_no_request_hanging(serve
     assert during.count("ok") >= 1  # the surviving worker's streams completed
     # the model is still served: new requests go to the survivor (or are retried onto it)
     assert after == ["ok"] * 4
+    # serve restarts the dead worker, which registers again
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        rows = httpx.get(serve.controller_url + "/workers").json()
+        if len(rows) == 2 and all(r["reachable"] is not False for r in rows) and "restarting" in serve.output:
+            break
+        time.sleep(0.5)
+    assert "restarting worker" in serve.output, serve.output
+    assert len(rows) == 2, rows

@@ -123,6 +123,8 @@ def test_status_and_test_message_explain_problems(fleet):
     # FastChat's classic mistake: the advertised address is not where the worker listens
     fleet.worker(bad, ctl, *FAKE, *FAST, "--worker-address", f"http://127.0.0.1:{free_port()}", "--model-names", "lost")
     wait_until(lambda: len(workers(ctl)) == 2, 60, what="two registrations")
+    # the controller retries a refused status probe for a few seconds before marking it unreachable
+    wait_until(lambda: any(w["reachable"] is False for w in workers(ctl)), 30, what="unreachable mark")
     report = cli("status", "--controller-address", f"http://127.0.0.1:{ctl}", "--json")
     body = json.loads(report.stdout)
     assert report.returncode == 2

@@ -10,7 +10,9 @@ Without ``--model-path``: the embedded SmolLM2 chat model and the all-MiniLM-L6-
 Engine flags (``--engine --device --dtype --load-8bit ...``) go to every chat worker (embedding workers
 get all but ``--engine``). Children listen on ``--host`` with the default ports unless told otherwise,
 log to files under ``--log-dir``, and are stopped cleanly on Ctrl-C or SIGTERM. A child that dies
-while starting is named with its last log lines, and serve exits 1.
+while starting is named with its last log lines, and serve exits 1. Once serving, a worker that dies is
+reported and started again (at most 5 times in 10 minutes) while the others keep serving; the
+controller, the API server or the web UI dying stops everything.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fleetchat.cli.supervisor import Child, Supervisor
 
 HELP = "start controller, model workers, the OpenAI API server and the web UI in one command"
 
@@ -244,7 +251,12 @@ def run(args: argparse.Namespace) -> int:
         say(f"fleetchat is ready: OpenAI API at {api.url}" + (f", web UI at {web.url}" if web else "")
             + ". Press Ctrl-C to stop.")
         while True:
-            sup.check()
+            try:
+                sup.check()
+            except ChildFailed as exc:
+                if exc.child not in workers:
+                    raise  # the controller, the API or the web UI: nothing works without them
+                _restart_worker(sup, exc.child, say)
             time.sleep(0.5)
     except ChildFailed as exc:
         child = exc.child
@@ -267,6 +279,19 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(s, handler)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         say("fleetchat serve: stopped")
+
+
+def _restart_worker(sup: Supervisor, child: Child, say: Callable[[str], None]) -> None:
+    """A worker died after start-up: the other workers keep serving; start it again (bounded)."""
+    code = child.exit_code()
+    say(f"fleetchat serve: {child.name} at {child.url} exited with code {code}; the other workers keep "
+        f"serving. Last lines of {child.log_path}:")
+    for line in child.tail(8).splitlines():
+        say(f"  | {line}")
+    if sup.restart(child):
+        say(f"fleetchat serve: restarting {child.name} (restart {len(child.restarts)})")
+    else:
+        say(f"fleetchat serve: {child.name} keeps dying; left stopped (see {child.log_path})")
 
 
 def _module_exists(name: str) -> bool:

@@ -37,6 +37,8 @@ class Child:
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     log_file: object = field(default=None, repr=False)
+    restarts: list[float] = field(default_factory=list)  # when it was restarted (monotonic)
+    abandoned: bool = False  # died too often: left stopped, no longer checked
 
     @property
     def pid(self) -> int:
@@ -67,21 +69,39 @@ class Supervisor:
 
     def start(self, name: str, command: str, args: list[str], url: str = "") -> Child:
         slug = name.replace(" ", "-").replace("/", "_")
+        same = sum(1 for c in self.children if c.log_path.stem.split("#")[0] == slug)
+        log_name = f"{slug}#{same + 1}.log" if same else f"{slug}.log"  # two workers of one model
         child = Child(name, [sys.executable, "-m", "fleetchat.cli.main", command, *args],
-                      self.log_dir / f"{slug}.log", url)
-        child.log_file = open(child.log_path, "ab")  # noqa: SIM115 - closed in stop_all
+                      self.log_dir / log_name, url)
+        self._spawn(child)
+        self.children.append(child)
+        return child
+
+    def _spawn(self, child: Child) -> None:
+        if child.log_file is None:
+            child.log_file = open(child.log_path, "ab")  # noqa: SIM115 - closed in stop_all
         child.proc = subprocess.Popen(
             child.argv, stdin=subprocess.DEVNULL, stdout=child.log_file, stderr=subprocess.STDOUT,
             env=self.env, start_new_session=True, preexec_fn=_die_with_parent,
         )
         child.started_at = time.monotonic()
-        self.children.append(child)
-        return child
+
+    def restart(self, child: Child, *, max_restarts: int = 5, window: float = 600.0) -> bool:
+        """Start a dead child again with the same command; False (and abandon it) past
+        ``max_restarts`` restarts within ``window`` seconds, so a crash loop does not spin forever."""
+        now = time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < window]
+        if len(child.restarts) >= max_restarts:
+            child.abandoned = True
+            return False
+        child.restarts.append(now)
+        self._spawn(child)
+        return True
 
     def check(self) -> None:
         """Raise ChildFailed for the first child that is no longer running."""
         for child in self.children:
-            if child.exit_code() is not None:
+            if not child.abandoned and child.exit_code() is not None:
                 raise ChildFailed(child)
 
     def wait_until(self, ready: Callable[[], bool], timeout: float, progress: Callable[[float], None],
