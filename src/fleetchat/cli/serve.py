@@ -166,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     def say(text: str) -> None:
         print(text, flush=True)
 
-    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a process started in the background by a shell inherits SIGINT as ignored
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         say(f"fleetchat serve: logs in {log_dir}")
         ctl = sup.start("controller", "controller", [*log_level, "--host", host, "--port",
@@ -277,7 +278,6 @@ def run(args: argparse.Namespace) -> int:
         sup.stop_all()
         for s, handler in previous.items():
             signal.signal(s, handler)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         say("fleetchat serve: stopped")
 
 
