@@ -18,11 +18,26 @@ from fleetchat.protocol.generation import ChatMessage, GenerateRequest, Sampling
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def engine():
-    from fleetchat.engines.transformers import load_transformers_engine
+@pytest.fixture(scope="module", params=["native", "torch"])
+def engine(request):
+    """The engine on each runner: the native kernels (where this CPU has them) and plain torch."""
+    import os
 
-    eng = load_transformers_engine(EngineSettings(model_path="smollm2", max_running=8, max_batched_tokens=64))
+    from fleetchat.engines.transformers import load_transformers_engine
+    from fleetchat.engines.transformers.native import load_kernels
+
+    if request.param == "native" and load_kernels()[0] is None:
+        pytest.skip(f"native kernels unavailable: {load_kernels()[1]}")
+    saved = os.environ.get("FLEETCHAT_NATIVE")
+    os.environ["FLEETCHAT_NATIVE"] = "1" if request.param == "native" else "0"
+    try:
+        eng = load_transformers_engine(EngineSettings(model_path="smollm2", max_running=8, max_batched_tokens=64))
+    finally:
+        if saved is None:
+            del os.environ["FLEETCHAT_NATIVE"]
+        else:
+            os.environ["FLEETCHAT_NATIVE"] = saved
+    assert eng.runner_path == {"native": "native-llama", "torch": "fast-llama"}[request.param]
     yield eng
     asyncio.run(eng.close())
 
@@ -51,7 +66,6 @@ def test_implements_the_engine_interface(engine) -> None:
     info = engine.info
     assert info.name == "smollm2-135m-instruct" and info.engine == "transformers" and info.kind == "chat"
     assert info.context_length == 8192 and info.max_running == 8 and info.conv_template
-    assert engine.runner_path == "fast-llama"
     assert engine.count_tokens("Hello world") == 2
 
 
@@ -193,12 +207,20 @@ async def test_overload_is_refused(engine) -> None:
         engine.settings = original
 
 
-def test_fast_forward_matches_the_hf_forward(engine) -> None:
-    """Our Llama forward (prefill in chunks, then batched decode) against transformers' own logits."""
-    from fleetchat.engines.transformers.runner import LlamaRunner
+@pytest.mark.parametrize("kind", ["torch", "native"])
+def test_fast_forward_matches_the_hf_forward(engine, kind) -> None:
+    """Our Llama forwards (prefill in chunks, then batched decode) against transformers' own logits."""
+    from fleetchat.engines.transformers.native import load_kernels
+    from fleetchat.engines.transformers.runner import LlamaRunner, NativeLlamaRunner
 
     model, tok = engine.loaded.model, engine.tokenizer
-    runner = LlamaRunner(model, max_running=2, context_length=512)
+    if kind == "torch":
+        runner = LlamaRunner(model, max_running=2, context_length=512)
+    else:
+        kernels, why = load_kernels()
+        if kernels is None:
+            pytest.skip(f"native kernels unavailable: {why}")
+        runner = NativeLlamaRunner(model, kernels, max_running=2, context_length=512)
     a = tok("The capital of France is Paris. The capital of Germany is", add_special_tokens=False)[
         "input_ids"
     ]

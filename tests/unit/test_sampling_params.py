@@ -92,6 +92,30 @@ def test_top_k_and_top_p_restrict_the_choice() -> None:
     assert set(top_p) == {1, 2}
 
 
+@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0), SamplingParams(temperature=1.0, top_k=3)])
+def test_draws_follow_the_distribution(params: SamplingParams) -> None:
+    """Frequencies over many seeded draws match softmax(logits) (renormalised over the top 3 for top_k)."""
+    row = logits_row({0: 1.0, 1: 0.5, 2: 0.0, 3: -0.5})
+    row[4:] = -30.0
+    want = torch.softmax(row[:4], -1)
+    if params.top_k == 3:
+        want = torch.cat((want[:3] / want[:3].sum(), torch.zeros(1)))
+    s = seq(params, seed=1)
+    draws = torch.tensor([sample(row[None].clone(), [s])[0].token_id for _ in range(4000)])
+    freq = torch.bincount(draws, minlength=4)[:4].float() / len(draws)
+    assert torch.allclose(freq, want, atol=0.03), (freq, want)
+
+
+def test_top_p_on_a_flat_distribution_looks_past_the_candidates() -> None:
+    """A nucleus wider than the sampler's first candidates (1024) is drawn from the whole vocabulary."""
+    row = -torch.arange(5000, dtype=torch.float32) * 1e-4  # nearly flat: half the mass is ~2,400 tokens
+    probs = torch.softmax(row, -1)
+    nucleus = int((probs.cumsum(0) < 0.5).sum()) + 1
+    s = seq(SamplingParams(temperature=1.0, top_p=0.5), seed=3)
+    draws = [sample(row[None].clone(), [s])[0].token_id for _ in range(300)]
+    assert max(draws) < nucleus and max(draws) > 1100
+
+
 def test_repetition_and_frequency_penalties_change_the_pick() -> None:
     row = logits_row({5: 2.0, 6: 1.9})
     plain = sample(row[None].clone(), [seq(SamplingParams(temperature=0), prompt=(5,))])[0].token_id

@@ -66,17 +66,7 @@ class LlamaRunner:
     path = "fast-llama"
 
     def __init__(self, model: Any, *, max_running: int, context_length: int) -> None:
-        cfg = model.config
-        self.device = model.lm_head.weight.device
-        self.dtype = model.lm_head.weight.dtype if model.lm_head.weight.is_floating_point() else torch.float32
-        self.hq = cfg.num_attention_heads
-        self.hkv = getattr(cfg, "num_key_value_heads", None) or self.hq
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.hq
-        self.group = self.hq // self.hkv
-        self.scale = self.head_dim**-0.5
-        self.eps = cfg.rms_norm_eps
-        self.embed = model.model.embed_tokens
-        self.final_norm = model.model.norm.weight
+        self._init_common(model, max_running=max_running, context_length=context_length)
         self.lm_head = fuse_linears([model.lm_head]) if isinstance(model.lm_head, nn.Linear) else model.lm_head
         self.layers = []
         for layer in model.model.layers:
@@ -91,11 +81,25 @@ class LlamaRunner:
                     fuse_linears([mlp.down_proj]),
                 )
             )
-        self.intermediate = model.model.layers[0].mlp.gate_proj.out_features
         # decode rows go unpadded where every linear gives a row the same result in any call of up
         # to DECODE_TILE rows (oneDNN's packed bf16 kernels on this CPU); one layer shows the kinds
         first = self.layers[0]
         self.unpadded_decode = all(rows_independent(m) for m in (self.lm_head, *first[1:3], *first[4:]))
+
+    def _init_common(self, model: Any, *, max_running: int, context_length: int) -> None:
+        """Shapes, embeddings, rotary tables and the KV cache: what every Llama runner needs."""
+        cfg = model.config
+        self.device = model.lm_head.weight.device
+        self.dtype = model.lm_head.weight.dtype if model.lm_head.weight.is_floating_point() else torch.float32
+        self.hq = cfg.num_attention_heads
+        self.hkv = getattr(cfg, "num_key_value_heads", None) or self.hq
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.hq
+        self.group = self.hq // self.hkv
+        self.scale = self.head_dim**-0.5
+        self.eps = cfg.rms_norm_eps
+        self.embed = model.model.embed_tokens
+        self.final_norm = model.model.norm.weight
+        self.intermediate = model.model.layers[0].mlp.gate_proj.out_features
         # cos/sin tables for every position, computed by the model's own rotary module (any rope type)
         positions = torch.arange(context_length, device=self.device)[None]
         probe = torch.zeros(1, dtype=self.dtype, device=self.device)
@@ -104,7 +108,7 @@ class LlamaRunner:
         sin = torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)
         self.cos, self.sin = cos[0].to(self.dtype), sin.to(self.dtype)
         self.cache = SlotKVCache(
-            layers=len(self.layers),
+            layers=len(model.model.layers),
             slots=max_running,
             kv_heads=self.hkv,
             head_dim=self.head_dim,
@@ -326,6 +330,125 @@ class LlamaRunner:
         return self._tiled(self.lm_head, h, [(0, len(rows), DECODE_TILE)])[:n_rows].float()
 
 
+def native_path_reason(model: Any) -> str | None:
+    """None when :class:`NativeLlamaRunner` can run ``model`` (on top of :func:`fast_path_reason`)."""
+    config = model.config
+    if model.lm_head.weight.device.type != "cpu":
+        return "not on the CPU"
+    if model.lm_head.weight.dtype != torch.bfloat16:
+        return f"dtype {model.lm_head.weight.dtype} (the kernels compute in bfloat16)"
+    layer = model.model.layers[0]
+    linears = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj]
+    linears += [layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj]
+    if not all(type(m) is nn.Linear and m.bias is None for m in linears) or type(model.lm_head) is not nn.Linear:
+        return "quantized or biased linear layers"
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim % 32 or head_dim > 256:
+        return f"head_dim {head_dim}"
+    dims = (config.hidden_size, layer.mlp.gate_proj.out_features, layer.self_attn.k_proj.out_features)
+    if any(d % 32 for d in dims) or (layer.mlp.gate_proj.out_features % 16):
+        return "layer sizes not multiples of 32"
+    return None
+
+
+class NativeLlamaRunner(LlamaRunner):
+    """:class:`LlamaRunner`'s model on the native kernels (``kernels.c``): AMX matmuls with fused
+    epilogues, RMSNorm, and attention with RoPE and the cache write fused in. Four calls a layer.
+
+    Every token of a step is one row, decode and prompt tokens alike: each linear layer takes all
+    rows in one call (the kernel gives a row the same bits in any call, so there is no padding or
+    tiling), and attention is per row over its slot's cached positions. A request's logits are
+    therefore the same alone or inside any batch, and a prompt gives the same result in one chunk or
+    many. The residual stream is kept in float32 and the logits come out in float32.
+    """
+
+    path = "native-llama"
+
+    def __init__(self, model: Any, kernels: Any, *, max_running: int, context_length: int) -> None:
+        self.kernels = kernels
+        kernels.set_threads(torch.get_num_threads())
+        self._init_common(model, max_running=max_running, context_length=context_length)
+        pack = kernels.pack
+        self.layers = []
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            gate, up = mlp.gate_proj.weight, mlp.up_proj.weight
+            # 16-row blocks alternate gate, up: the kernel's SiLU(gate) * up epilogue pairs them
+            gate_up = torch.stack((gate.view(-1, 16, gate.shape[1]), up.view(-1, 16, up.shape[1])), 1)
+            self.layers.append(
+                (
+                    layer.input_layernorm.weight.detach().to(torch.bfloat16).contiguous(),
+                    pack(qkv),
+                    pack(attn.o_proj.weight),
+                    layer.post_attention_layernorm.weight.detach().to(torch.bfloat16).contiguous(),
+                    pack(gate_up.reshape(-1, gate.shape[1])),
+                    pack(mlp.down_proj.weight),
+                )
+            )
+        head = model.lm_head.weight
+        self.vocab = head.shape[0]
+        pad = -self.vocab % 32
+        if pad:
+            head = torch.cat((head, head.new_zeros(pad, head.shape[1])))
+        self.lm_head = pack(head)
+        self.final_norm = self.final_norm.detach().to(torch.bfloat16).contiguous()
+        self.cos32, self.sin32 = self.cos.float().contiguous(), self.sin.float().contiguous()
+        self.unpadded_decode = True
+
+    @torch.inference_mode()
+    def run(self, decode: list[DecodeItem], prefill: list[PrefillItem]) -> torch.Tensor:
+        from fleetchat.engines.transformers.native import EPI_ADD, EPI_SILU_MUL, EPI_STORE_F32
+
+        kern, dev = self.kernels, self.device
+        n_dec = len(decode)
+        tokens = [t for _, t, _ in decode]
+        positions = [p for _, _, p in decode]
+        slots = [s for s, _, _ in decode]
+        for slot, ids, start, _ in prefill:
+            tokens.extend(ids)
+            positions.extend(range(start, start + len(ids)))
+            slots.extend([slot] * len(ids))
+        total = len(tokens)
+        self.cache.ensure_capacity(max(positions) + 1)
+        # the residual stream stays in float32 (closer to the float32 model than bf16 rounding per layer)
+        x = self.embed(torch.tensor(tokens, device=dev)).float()
+        heads = (self.hq, self.hkv, self.head_dim)
+        new, bf16 = torch.empty, torch.bfloat16
+        h = new(total, x.shape[1], dtype=bf16)
+        qkv = new(total, (self.hq + 2 * self.hkv) * self.head_dim, dtype=bf16)
+        attn = new(total, self.hq * self.head_dim, dtype=bf16)
+        act = new(total, self.intermediate, dtype=bf16)
+        slots_t = torch.tensor(slots, dtype=torch.long)
+        positions_t = torch.tensor(positions, dtype=torch.long)
+        for li, (w_in, qkv_w, o_w, w_post, gate_up_w, down_w) in enumerate(self.layers):
+            kern.rmsnorm(x, w_in, self.eps, h)
+            kern.linear(h, qkv_w, qkv)
+            kern.attention(
+                qkv, heads, slots_t, positions_t, self.cos32, self.sin32,
+                self.cache.k[li], self.cache.v[li], self.scale, attn,
+            )  # fmt: skip
+            kern.linear(attn, o_w, x, EPI_ADD)
+            kern.rmsnorm(x, w_post, self.eps, h)
+            kern.linear(h, gate_up_w, act, EPI_SILU_MUL)
+            kern.linear(act, down_w, x, EPI_ADD)
+
+        rows = list(range(n_dec))
+        offset = n_dec
+        for _, ids, _, wants in prefill:
+            offset += len(ids)
+            if wants:
+                rows.append(offset - 1)
+        if not rows:
+            return torch.empty(0, 0)
+        last = x if len(rows) == total else x[torch.tensor(rows)].contiguous()
+        normed = new(last.shape, dtype=bf16)
+        kern.rmsnorm(last, self.final_norm, self.eps, normed)
+        logits = new(len(rows), self.lm_head.shape[0], dtype=torch.float32)
+        kern.linear(normed, self.lm_head, logits, EPI_STORE_F32)
+        return logits[:, : self.vocab]
+
+
 class HFRunner:
     """Generic fallback: the model's own forward, one sequence at a time, a DynamicCache per slot."""
 
@@ -369,9 +492,17 @@ class HFRunner:
 def make_runner(model: Any, *, max_running: int, context_length: int) -> LlamaRunner | HFRunner:
     reason = fast_path_reason(model)
     if reason is None:
-        runner: LlamaRunner | HFRunner = LlamaRunner(
-            model, max_running=max_running, context_length=context_length
-        )
+        from fleetchat.engines.transformers.native import load_kernels
+
+        kernels, why = load_kernels()
+        why = why or native_path_reason(model)
+        if kernels is not None and why is None:
+            runner: LlamaRunner | HFRunner = NativeLlamaRunner(
+                model, kernels, max_running=max_running, context_length=context_length
+            )
+        else:
+            log.info("native kernels not used: %s", why)
+            runner = LlamaRunner(model, max_running=max_running, context_length=context_length)
     else:
         log.info("using the generic Hugging Face forward (%s)", reason)
         runner = HFRunner(model, max_running=max_running, context_length=context_length)
