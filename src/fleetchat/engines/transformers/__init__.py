@@ -5,7 +5,9 @@
     sequence.py      one request's state
     scheduler.py     the pure batch policy (admit, decode, chunked prefill)
     kv_cache.py      preallocated per-slot KV cache, compact slots
-    runner.py        one step's forward: fast Llama path, generic HF fallback
+    runner.py        one step's forward: native Llama path, torch Llama path, generic HF fallback
+    native.py        builds (cc, first use) and loads kernels.c: AMX matmuls, RMSNorm, attention
+    linear.py        the torch Llama path's fused, oneDNN-packed linear layers
     sampler.py       batched sampling with per-request params and seeds
     engine.py        the engine thread and the async Engine interface
     benchmark.py     in-process throughput / latency benchmark
