@@ -259,6 +259,10 @@ async def test_load_8bit_on_cpu() -> None:
     eng = load_transformers_engine(EngineSettings(model_path="smollm2", load_8bit=True, max_running=2))
     try:
         assert eng.info.quantization == "int8"
+        from fleetchat.engines.transformers.native import load_kernels
+
+        if load_kernels()[0] is not None:  # int8 weights on the AMX-INT8 kernel
+            assert eng.runner_path == "native-llama"
         text, _, _ = await collect(eng, chat("What is the capital of France?", max_new_tokens=24))
         assert "Paris" in text
     finally:

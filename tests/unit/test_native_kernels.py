@@ -45,6 +45,23 @@ def test_linear_rows_do_not_depend_on_the_rest_of_the_call(k) -> None:
         assert torch.equal(part, full[start : start + n]), (start, n)
 
 
+@pytest.mark.parametrize("rows", [1, 5, 16, 40])
+def test_int8_linear_matches_its_dequantized_weights(k, rows: int) -> None:
+    """int8 weights x 16-bit activations: within bf16 rounding of x @ dequantized(W).T."""
+    w, x = torch.randn(64, 192) * 0.05, bf16(rows, 192, seed=10)
+    packed = k.pack_int8(w)
+    y = torch.empty(rows, 64)
+    k.linear(x, packed, y, EPI_STORE_F32)
+    scales = w.abs().amax(1) / 127
+    dequantized = torch.round(w / scales[:, None]).clamp(-127, 127) * scales[:, None]
+    want = F.linear(x.float(), dequantized)
+    assert (y - want).abs().max() <= 2e-4 * want.abs().max() + 1e-4
+    # integer sums: a row's result is the same bits alone as in the full call
+    one = torch.empty(1, 64)
+    k.linear(x[rows - 1 :].contiguous(), packed, one, EPI_STORE_F32)
+    assert torch.equal(one, y[rows - 1 :])
+
+
 def test_epilogues_add_store_float32_and_silu_mul(k) -> None:
     w, x = bf16(64, 96, scale=0.1), bf16(5, 96, seed=3)
     packed = k.pack(w)

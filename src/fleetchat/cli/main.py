@@ -18,7 +18,8 @@ from fleetchat.errors import FleetchatError
 
 # Torch's OpenMP threads spin between ops by default; on a small shared CPU that starves the event loop
 # and the other processes (measured: engine steps several times slower). Only read before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "GOMP_SPINCOUNT" not in os.environ:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 COMMANDS: dict[str, str] = {
     "serve": "fleetchat.cli.serve",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 # 2-core machine under load. Passive waiting costs little when the machine is quiet. OpenMP reads
 # this once, when torch is first imported, so it only helps when set before that (the CLI imports
 # this package before torch; a user's own setting wins).
-if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 from fleetchat.engines.base import EngineSettings

@@ -5,6 +5,7 @@
  *
  *   fc_linear             y = x W^T with bf16 weights pre-packed for AMX, plus epilogues
  *                         (store, add into y for residuals, SiLU(gate) * up for the MLP)
+ *   fc_linear_i8          the same with int8 weights (per-channel scales) and 16-bit activations
  *   fc_rmsnorm            RMSNorm of float32 rows (the residual stream), bf16 out
  *   fc_decode_attention   one new token per sequence: RoPE on q and k, k/v written into the slot
  *                         cache, attention over the sequence's cached positions
@@ -97,6 +98,13 @@ static inline __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(y, n);
 }
 
+/* Prefetch one 1 KB B tile (16 lines of 64 bytes) into L1: the tile loads that follow would
+ * otherwise wait on L3/DRAM latency each step (weights are streamed once per call). */
+static inline void prefetch_tile(const void *p) {
+    const char *c = (const char *)p;
+    for (int i = 0; i < 16; i++) _mm_prefetch(c + 64 * i, _MM_HINT_T0);
+}
+
 /* ---- linear --------------------------------------------------------------------------------- */
 
 /* Pack w [N][K] (bf16, row major) into AMX's layout: blocks of 16 output rows, each [K/2][16][2]. */
@@ -164,6 +172,15 @@ void fc_linear(const bf16 *x, long M, long K, const bf16 *w, long N, void *yv, i
                 _tile_zero(2);
                 _tile_zero(3);
                 for (long k = 0; k < K; k += 32) {
+                    if (m0 == 0) { /* 2 steps ahead, into the next group's first steps at the end */
+                        long ahead = k + 2 * 32;
+                        const bf16 *n0 = ahead < K ? b0 + ahead * 16 : b0 + 2 * pairs * 32 + (ahead - K) * 16;
+                        const bf16 *n1 = ahead < K ? b1 + ahead * 16 : b1 + 2 * pairs * 32 + (ahead - K) * 16;
+                        if (ahead < K || g + 1 < groups) {
+                            prefetch_tile(n0);
+                            prefetch_tile(n1);
+                        }
+                    }
                     _tile_loadd(4, xp + m0 * K + k, K * 2);
                     _tile_loadd(6, b0 + k * 16, 64);
                     _tile_loadd(7, b1 + k * 16, 64);
@@ -188,6 +205,116 @@ void fc_linear(const bf16 *x, long M, long K, const bf16 *w, long N, void *yv, i
         _tile_release();
     }
     free(pad);
+}
+
+/* ---- int8 weights ---------------------------------------------------------------------------
+ * Weights int8 with one scale per output channel; activations kept at 16 bits: each row of x is
+ * quantized to int16 (scale absmax / 32767, finer than bf16's 8-bit mantissa) and split into a
+ * signed high byte and an unsigned low byte, q = 256 h + l, so AMX-INT8 computes x W^T exactly in
+ * int32 as 256 (h . w) + (l . w). Half the weight bytes of bf16 (a small model stays in the L3
+ * cache) and integer sums, so a row's result never depends on the rest of the call. */
+
+/* Pack q [N][K] int8 into AMX-INT8's layout: blocks of 16 output rows, each [K/4][16][4]. */
+void fc_pack_i8(const int8_t *q, long N, long K, int8_t *out) {
+    long quads = K / 4;
+    for (long blk = 0; blk < N / 16; blk++)
+        for (long p = 0; p < quads; p++)
+            for (int c = 0; c < 16; c++)
+                for (int t = 0; t < 4; t++)
+                    out[((blk * quads + p) * 16 + c) * 4 + t] = q[(blk * 16 + c) * K + 4 * p + t];
+}
+
+static void split_rows(const bf16 *x, long M, long Mp, long K, int8_t *hi, uint8_t *lo, float *row_scale) {
+#pragma omp parallel for schedule(static) num_threads(THREADS) if (M >= 16)
+    for (long m = 0; m < Mp; m++) {
+        if (m >= M) {
+            memset(hi + m * K, 0, K);
+            memset(lo + m * K, 0, K);
+            row_scale[m] = 0.0f;
+            continue;
+        }
+        const bf16 *row = x + m * K;
+        __m512 mx = _mm512_setzero_ps();
+        for (long k = 0; k < K; k += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(load_bf16x16(row + k)));
+        float amax = _mm512_reduce_max_ps(mx);
+        float scale = amax > 0.0f ? amax / 32767.0f : 1.0f;
+        __m512 inv = _mm512_set1_ps(1.0f / scale);
+        row_scale[m] = scale;
+        for (long k = 0; k < K; k += 16) {
+            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(load_bf16x16(row + k), inv)); /* round to nearest */
+            q = _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(32767)), _mm512_set1_epi32(-32767));
+            _mm_storeu_si128((__m128i *)(hi + m * K + k), _mm512_cvtepi32_epi8(_mm512_srai_epi32(q, 8)));
+            _mm_storeu_si128((__m128i *)(lo + m * K + k), _mm512_cvtepi32_epi8(_mm512_and_si512(q, _mm512_set1_epi32(255))));
+        }
+    }
+}
+
+/* y = x W^T with W int8 (packed by fc_pack_i8) and per-channel scales; K % 64 == 0, N % 32 == 0;
+ * epilogues as fc_linear. */
+void fc_linear_i8(const bf16 *x, long M, long K, const int8_t *w, const float *w_scale, long N, void *yv, int epi) {
+    bf16 *y = (bf16 *)yv;
+    long quads = K / 4, groups = N / 32, Mp = (M + 15) / 16 * 16;
+    int8_t *hi = aligned_alloc(64, (size_t)Mp * K);
+    uint8_t *lo = aligned_alloc(64, (size_t)Mp * K);
+    float *row_scale = aligned_alloc(64, (size_t)Mp * sizeof(float));
+    split_rows(x, M, Mp, K, hi, lo, row_scale);
+#pragma omp parallel num_threads(THREADS)
+    {
+        tiles_on();
+        int32_t ibuf[2][16 * 32] __attribute__((aligned(64)));
+        float cbuf[32 * 32] __attribute__((aligned(64)));
+#pragma omp for schedule(dynamic, 1)
+        for (long g = 0; g < groups; g++) {
+            const int8_t *b0 = w + (2 * g) * quads * 64, *b1 = w + (2 * g + 1) * quads * 64;
+            __m512 ws0 = _mm512_loadu_ps(w_scale + g * 32), ws1 = _mm512_loadu_ps(w_scale + g * 32 + 16);
+            for (long m0 = 0; m0 < Mp; m0 += 16) {
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+                for (long k = 0; k < K; k += 64) {
+                    if (m0 == 0) {
+                        long ahead = k + 2 * 64;
+                        const int8_t *n0 = ahead < K ? b0 + ahead * 16 : b0 + 2 * quads * 64 + (ahead - K) * 16;
+                        const int8_t *n1 = ahead < K ? b1 + ahead * 16 : b1 + 2 * quads * 64 + (ahead - K) * 16;
+                        if (ahead < K || g + 1 < groups) {
+                            prefetch_tile(n0);
+                            prefetch_tile(n1);
+                        }
+                    }
+                    _tile_loadd(4, hi + m0 * K + k, K);
+                    _tile_loadd(5, lo + m0 * K + k, K);
+                    _tile_loadd(6, b0 + k * 16, 64);
+                    _tile_loadd(7, b1 + k * 16, 64);
+                    _tile_dpbssd(0, 4, 6);
+                    _tile_dpbssd(1, 4, 7);
+                    _tile_dpbusd(2, 5, 6);
+                    _tile_dpbusd(3, 5, 7);
+                }
+                _tile_stored(0, ibuf[0], 128);
+                _tile_stored(1, ibuf[0] + 16, 128);
+                _tile_stored(2, ibuf[1], 128);
+                _tile_stored(3, ibuf[1] + 16, 128);
+                long rows = M - m0 < 16 ? M - m0 : 16;
+                const __m512 k256 = _mm512_set1_ps(256.0f);
+                for (long r = 0; r < rows; r++) {
+                    __m512 rs = _mm512_set1_ps(row_scale[m0 + r]);
+                    for (int half = 0; half < 2; half++) {
+                        __m512 h = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(ibuf[0] + r * 32 + 16 * half)));
+                        __m512 l = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(ibuf[1] + r * 32 + 16 * half)));
+                        __m512 v = _mm512_fmadd_ps(h, k256, l);
+                        v = _mm512_mul_ps(_mm512_mul_ps(v, rs), half ? ws1 : ws0);
+                        _mm512_store_ps(cbuf + r * 32 + 16 * half, v);
+                    }
+                }
+                epilogue(cbuf, rows, m0, g, N, y, epi);
+            }
+        }
+        _tile_release();
+    }
+    free(hi);
+    free(lo);
+    free(row_scale);
 }
 
 /* ---- RMSNorm -------------------------------------------------------------------------------- */

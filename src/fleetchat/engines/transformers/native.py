@@ -24,6 +24,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -32,11 +33,23 @@ import torch
 log = logging.getLogger("fleetchat.engine")
 
 _SOURCE = Path(__file__).with_name("kernels.c")
-_FLAGS = ["-O3", "-march=native", "-mamx-tile", "-mamx-bf16", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
-_CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx512bw")
+_FLAGS = ["-O3", "-march=native", "-mamx-tile", "-mamx-bf16", "-mamx-int8", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC"]
+_CPU_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512f", "avx512bw")
 ABI_VERSION = 1
 
 EPI_STORE, EPI_ADD, EPI_SILU_MUL, EPI_STORE_F32 = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Int8Packed:
+    """int8 weights ``[N, K]`` in AMX-INT8's layout and their float32 per-output-channel scales."""
+
+    weight: torch.Tensor
+    scales: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.weight.shape
 
 
 class Kernels:
@@ -48,8 +61,10 @@ class Kernels:
         lib.fc_linear.argtypes = [p, i, i, p, i, p, ctypes.c_int]
         lib.fc_rmsnorm.argtypes = [p, i, i, p, f, p]
         lib.fc_attention.argtypes = [p, i, i, i, i, p, p, p, p, p, p, i, f, p]
+        lib.fc_pack_i8.argtypes = [p, i, i, p]
+        lib.fc_linear_i8.argtypes = [p, i, i, p, p, i, p, ctypes.c_int]
         lib.fc_set_threads.argtypes = [ctypes.c_int]
-        for fn in (lib.fc_set_threads, lib.fc_pack, lib.fc_linear, lib.fc_rmsnorm, lib.fc_attention):
+        for fn in (lib.fc_pack_i8, lib.fc_linear_i8, lib.fc_set_threads, lib.fc_pack, lib.fc_linear, lib.fc_rmsnorm, lib.fc_attention):
             fn.restype = None
         self.lib = lib
 
@@ -68,11 +83,32 @@ class Kernels:
         self.lib.fc_pack(w.data_ptr(), w.shape[0], w.shape[1], out.data_ptr())
         return out
 
-    def linear(self, x: torch.Tensor, packed: torch.Tensor, out: torch.Tensor, epilogue: int = EPI_STORE) -> None:
-        """``out (=, +=) x @ W.T`` (or SiLU(gate) * up for EPI_SILU_MUL); x, out contiguous bf16."""
-        self.lib.fc_linear(
-            x.data_ptr(), x.shape[0], x.shape[1], packed.data_ptr(), packed.shape[0], out.data_ptr(), epilogue
-        )
+    def pack_int8(self, weight: torch.Tensor) -> Int8Packed:
+        """``weight [N, K]`` quantized to int8 per output channel (absmax / 127) in AMX-INT8's layout."""
+        w = weight.detach().float()
+        scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        return self.pack_quantized(torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8), scales)
+
+    def pack_quantized(self, qweight: torch.Tensor, scales: torch.Tensor) -> Int8Packed:
+        """Already quantized int8 weights ``[N, K]`` and their per-channel scales, packed for AMX-INT8."""
+        q = qweight.detach().contiguous()
+        out = torch.empty_like(q)
+        self.lib.fc_pack_i8(q.data_ptr(), q.shape[0], q.shape[1], out.data_ptr())
+        return Int8Packed(out, scales.detach().float().contiguous())
+
+    def linear(
+        self, x: torch.Tensor, packed: torch.Tensor | Int8Packed, out: torch.Tensor, epilogue: int = EPI_STORE
+    ) -> None:
+        """``out (=, +=) x @ W.T`` (or SiLU(gate) * up for EPI_SILU_MUL); x contiguous bf16."""
+        if isinstance(packed, Int8Packed):
+            self.lib.fc_linear_i8(
+                x.data_ptr(), x.shape[0], x.shape[1], packed.weight.data_ptr(), packed.scales.data_ptr(),
+                packed.weight.shape[0], out.data_ptr(), epilogue,
+            )  # fmt: skip
+        else:
+            self.lib.fc_linear(
+                x.data_ptr(), x.shape[0], x.shape[1], packed.data_ptr(), packed.shape[0], out.data_ptr(), epilogue
+            )
 
     def rmsnorm(self, x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor) -> None:
         self.lib.fc_rmsnorm(x.data_ptr(), x.shape[0], x.shape[1], weight.data_ptr(), eps, out.data_ptr())

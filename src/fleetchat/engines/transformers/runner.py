@@ -341,17 +341,21 @@ def native_path_reason(model: Any) -> str | None:
         return "not on the CPU"
     if model.lm_head.weight.dtype != torch.bfloat16:
         return f"dtype {model.lm_head.weight.dtype} (the kernels compute in bfloat16)"
+    from fleetchat.engines.transformers.quantization import Int8Linear
+
     layer = model.model.layers[0]
     linears = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj]
-    linears += [layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj]
-    if not all(type(m) is nn.Linear and m.bias is None for m in linears) or type(model.lm_head) is not nn.Linear:
-        return "quantized or biased linear layers"
+    linears += [layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj, model.lm_head]
+    if not all(type(m) in (nn.Linear, Int8Linear) and m.bias is None for m in linears):
+        return "biased or unusual linear layers"
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if head_dim % 32 or head_dim > 256:
         return f"head_dim {head_dim}"
+    # int8 layers read 64 input features per step, bf16 layers 32; outputs come in 32s
+    multiple = 64 if any(type(m) is Int8Linear for m in linears) else 32
     dims = (config.hidden_size, layer.mlp.gate_proj.out_features, layer.self_attn.k_proj.out_features)
-    if any(d % 32 for d in dims) or (layer.mlp.gate_proj.out_features % 16):
-        return "layer sizes not multiples of 32"
+    if any(d % multiple for d in dims):
+        return f"layer sizes not multiples of {multiple}"
     return None
 
 
@@ -372,33 +376,46 @@ class NativeLlamaRunner(LlamaRunner):
         self.kernels = kernels
         kernels.set_threads(torch.get_num_threads())
         self._init_common(model, max_running=max_running, context_length=context_length)
-        pack = kernels.pack
         self.layers = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-            gate, up = mlp.gate_proj.weight, mlp.up_proj.weight
-            # 16-row blocks alternate gate, up: the kernel's SiLU(gate) * up epilogue pairs them
-            gate_up = torch.stack((gate.view(-1, 16, gate.shape[1]), up.view(-1, 16, up.shape[1])), 1)
             self.layers.append(
                 (
                     layer.input_layernorm.weight.detach().to(torch.bfloat16).contiguous(),
-                    pack(qkv),
-                    pack(attn.o_proj.weight),
+                    self._pack([attn.q_proj, attn.k_proj, attn.v_proj]),
+                    self._pack([attn.o_proj]),
                     layer.post_attention_layernorm.weight.detach().to(torch.bfloat16).contiguous(),
-                    pack(gate_up.reshape(-1, gate.shape[1])),
-                    pack(mlp.down_proj.weight),
+                    # 16-row blocks alternate gate, up: the kernel's SiLU(gate) * up epilogue pairs them
+                    self._pack([mlp.gate_proj, mlp.up_proj], interleave=True),
+                    self._pack([mlp.down_proj]),
                 )
             )
-        head = model.lm_head.weight
-        self.vocab = head.shape[0]
-        pad = -self.vocab % 32
-        if pad:
-            head = torch.cat((head, head.new_zeros(pad, head.shape[1])))
-        self.lm_head = pack(head)
+        self.vocab = model.lm_head.out_features
+        self.lm_head = self._pack([model.lm_head], pad_to=32)
         self.final_norm = self.final_norm.detach().to(torch.bfloat16).contiguous()
         self.cos32, self.sin32 = self.cos.float().contiguous(), self.sin.float().contiguous()
         self.unpadded_decode = True
+
+    def _pack(self, parts: list[nn.Module], *, interleave: bool = False, pad_to: int = 1) -> Any:
+        """Linear layers over the same input as one packed weight: bf16, or int8 (``--load-8bit``
+        layers keep their own quantization and scales)."""
+        from fleetchat.engines.transformers.quantization import Int8Linear
+
+        int8 = isinstance(parts[0], Int8Linear)
+        weights = [p.qweight if int8 else p.weight.detach() for p in parts]
+        scales = [p.scales.float() for p in parts] if int8 else []
+        if interleave:  # [a0 b0 a1 b1 ...] in blocks of 16 rows
+            k = weights[0].shape[1]
+            weights = [torch.stack([w.view(-1, 16, k) for w in weights], 1).reshape(-1, k)]
+            scales = [torch.stack([s.view(-1, 16) for s in scales], 1).reshape(-1)] if int8 else []
+        weight = torch.cat(weights)
+        pad = -weight.shape[0] % pad_to
+        if pad:  # zero rows, sliced off the output
+            weight = torch.cat((weight, weight.new_zeros(pad, weight.shape[1])))
+            scales = [*scales, torch.ones(pad)] if int8 else []
+        if int8:
+            return self.kernels.pack_quantized(weight, torch.cat(scales))
+        return self.kernels.pack(weight)
 
     @torch.inference_mode()
     def run(self, decode: list[DecodeItem], prefill: list[PrefillItem]) -> torch.Tensor:
