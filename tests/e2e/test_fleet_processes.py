@@ -209,7 +209,8 @@ def test_real_smollm2_worker_streams_through_the_fleet(fleet):
     done = threading.Event()
 
     def long_generation() -> None:
-        httpx.post(address + "/worker_generate", json={**params, "max_new_tokens": 96, "stop": []}, timeout=120)
+        long = {"temperature": 0, "max_new_tokens": 200, "ignore_eos": True}  # ~3 s at 70 tokens/s
+        httpx.post(address + "/v1/generate", json={"prompt": prompt, "params": long}, timeout=120)
         done.set()
 
     threading.Thread(target=long_generation, daemon=True).start()
