@@ -267,3 +267,10 @@ async def test_load_8bit_on_cpu() -> None:
         assert "Paris" in text
     finally:
         await eng.close()
+
+
+async def test_ignore_eos_runs_to_max_tokens_past_the_end_of_turn(engine) -> None:
+    _, ids, _ = await collect(engine, chat("Hi", max_new_tokens=40))
+    assert len(ids) < 40  # the reply ends with the template's end-of-turn token
+    _, ids, chunks = await collect(engine, chat("Hi", max_new_tokens=40, ignore_eos=True))
+    assert len(ids) == 40 and chunks[-1].finish_reason == "length"

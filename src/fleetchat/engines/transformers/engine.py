@@ -201,8 +201,9 @@ class TransformersEngine:
         if request.messages is not None:
             text = self.template.render(list(request.messages), add_generation_prompt=True)
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            stops += list(self.template.stop)
-            stop_ids |= set(self.template.stop_token_ids)
+            if not params.ignore_eos:  # the template's end-of-turn markers are its EOS
+                stops += list(self.template.stop)
+                stop_ids |= set(self.template.stop_token_ids)
         elif request.prompt is not None:
             text = request.prompt
             ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
