@@ -49,6 +49,18 @@ def _round_up(n: int, multiple: int = _BLOCK) -> int:
     return -(-n // multiple) * multiple
 
 
+def _logit_rows(n_dec: int, prefill_start: int, prefill: list[PrefillItem]) -> list[int]:
+    """Rows of a step that need logits: every decode row, then the last row of each prompt chunk
+    that reaches the end of its prompt (prompt rows start at ``prefill_start``)."""
+    rows = list(range(n_dec))
+    offset = prefill_start
+    for _, ids, _, wants in prefill:
+        offset += len(ids)
+        if wants:
+            rows.append(offset - 1)
+    return rows
+
+
 def fast_path_reason(model: Any) -> str | None:
     """None when :class:`LlamaRunner` can run ``model``, else why not."""
     config = model.config
@@ -318,12 +330,7 @@ class LlamaRunner:
                 )
             )
 
-        rows = list(range(n_dec))
-        offset = d_pad
-        for _, ids, _, wants in prefill:
-            offset += len(ids)
-            if wants:
-                rows.append(offset - 1)
+        rows = _logit_rows(n_dec, d_pad, prefill)
         if not rows:
             return torch.empty(0, 0)
         if not self.unpadded_decode:
@@ -454,12 +461,7 @@ class NativeLlamaRunner(LlamaRunner):
             kern.linear(h, gate_up_w, act, EPI_SILU_MUL)
             kern.linear(act, down_w, x, EPI_ADD)
 
-        rows = list(range(n_dec))
-        offset = n_dec
-        for _, ids, _, wants in prefill:
-            offset += len(ids)
-            if wants:
-                rows.append(offset - 1)
+        rows = _logit_rows(n_dec, n_dec, prefill)
         if not rows:
             return torch.empty(0, 0)
         last = x if len(rows) == total else x[torch.tensor(rows)].contiguous()
