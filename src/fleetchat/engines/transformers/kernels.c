@@ -7,8 +7,8 @@
  *                         (store, add into y for residuals, SiLU(gate) * up for the MLP)
  *   fc_linear_i8          the same with int8 weights (per-channel scales) and 16-bit activations
  *   fc_rmsnorm            RMSNorm of float32 rows (the residual stream), bf16 out
- *   fc_decode_attention   one new token per sequence: RoPE on q and k, k/v written into the slot
- *                         cache, attention over the sequence's cached positions
+ *   fc_attention          one row per token (decode or prompt): RoPE on q and k, k/v written into
+ *                         the slot cache, causal attention over the slot's cached positions
  *
  * Batch invariance: every output row depends only on its own input row (linear, norm) or on its own
  * sequence (attention); tiling never changes the order of additions for a row, so a request's result

@@ -6,10 +6,11 @@ layer's work in four calls: RMSNorm, an AMX bf16 matmul with fused epilogues (re
 SiLU(gate) * up), and attention with RoPE and the cache write fused in (one row per token, decode
 and prompt tokens alike).
 
-Needs x86-64 with AMX-BF16 and AVX-512 BF16 (Intel Sapphire Rapids and later), Linux, and ``cc``.
+Needs x86-64 with AMX (BF16 and INT8) and AVX-512 BF16 (Intel Sapphire Rapids and later), Linux,
+and ``cc``.
 Anything missing is reported by :func:`load_kernels` as a reason, and the runner then uses its
 plain torch path. The library is cached under ``~/.cache/fleetchat/kernels/`` keyed by the source,
-the compiler and the CPU, so it is built once per machine (about two seconds).
+the compiler and the CPU, so it is built once per machine (about a second).
 
 ``FLEETCHAT_NATIVE=0`` turns the kernels off (for comparisons).
 """
