@@ -107,15 +107,18 @@ static inline void prefetch_tile(const void *p) {
 
 /* ---- linear --------------------------------------------------------------------------------- */
 
-/* Pack w [N][K] (bf16, row major) into AMX's layout: blocks of 16 output rows, each [K/2][16][2]. */
-void fc_pack(const bf16 *w, long N, long K, bf16 *out) {
-    long pairs = K / 2;
+/* AMX's B layout for w [N][K] (row major, elements of `size` bytes): blocks of 16 output rows, each
+ * [K / per][16][per], so one 64-byte tile row holds `per` consecutive inputs of 16 outputs. */
+static void pack_tiles(const char *w, long N, long K, long size, long per, char *out) {
+    long chunks = K / per, bytes = per * size;
     for (long blk = 0; blk < N / 16; blk++)
-        for (long p = 0; p < pairs; p++)
-            for (int c = 0; c < 16; c++)
-                for (int t = 0; t < 2; t++)
-                    out[((blk * pairs + p) * 16 + c) * 2 + t] = w[(blk * 16 + c) * K + 2 * p + t];
+        for (long p = 0; p < chunks; p++)
+            for (long c = 0; c < 16; c++)
+                memcpy(out + ((blk * chunks + p) * 16 + c) * bytes, w + ((blk * 16 + c) * K + p * per) * size, bytes);
 }
+
+/* Pack w [N][K] bf16 for fc_linear: [N/16][K/2][16][2]. */
+void fc_pack(const bf16 *w, long N, long K, bf16 *out) { pack_tiles((const char *)w, N, K, 2, 2, (char *)out); }
 
 enum { EPI_STORE = 0, EPI_ADD = 1, EPI_SILU_MUL = 2, EPI_STORE_F32 = 3 };
 
@@ -214,15 +217,8 @@ void fc_linear(const bf16 *x, long M, long K, const bf16 *w, long N, void *yv, i
  * int32 as 256 (h . w) + (l . w). Half the weight bytes of bf16 (a small model stays in the L3
  * cache) and integer sums, so a row's result never depends on the rest of the call. */
 
-/* Pack q [N][K] int8 into AMX-INT8's layout: blocks of 16 output rows, each [K/4][16][4]. */
-void fc_pack_i8(const int8_t *q, long N, long K, int8_t *out) {
-    long quads = K / 4;
-    for (long blk = 0; blk < N / 16; blk++)
-        for (long p = 0; p < quads; p++)
-            for (int c = 0; c < 16; c++)
-                for (int t = 0; t < 4; t++)
-                    out[((blk * quads + p) * 16 + c) * 4 + t] = q[(blk * 16 + c) * K + 4 * p + t];
-}
+/* Pack q [N][K] int8 for fc_linear_i8: [N/16][K/4][16][4]. */
+void fc_pack_i8(const int8_t *q, long N, long K, int8_t *out) { pack_tiles((const char *)q, N, K, 1, 4, (char *)out); }
 
 static void split_rows(const bf16 *x, long M, long Mp, long K, int8_t *hi, uint8_t *lo, float *row_scale) {
 #pragma omp parallel for schedule(static) num_threads(THREADS) if (M >= 16)
